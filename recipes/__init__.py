@@ -1,0 +1,1 @@
+"""Bundled recipes: each module defines `recipe = tlkit.Recipe(...)`; `tlkit recipes` lists them."""

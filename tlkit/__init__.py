@@ -1,0 +1,17 @@
+"""tlkit: transfer learning for image folders with pretrained Keras bases.
+
+>>> from tlkit import load_recipe, run
+>>> result = run(load_recipe("quickstart"), out="runs/quickstart")  # doctest: +SKIP
+>>> result.metrics["val"]["accuracy"]  # doctest: +SKIP
+"""
+from tlkit.errors import TlkitError
+from tlkit.recipe import Augment, Data, FeatureExtraction, FineTune, Head, Recipe, load_recipe, override
+
+__all__ = ["Augment", "Data", "FeatureExtraction", "FineTune", "Head", "Recipe", "TlkitError", "load_recipe",
+           "override", "run"]
+
+
+def run(recipe, out, **options):
+    """Train a recipe and write its run folder; see :func:`tlkit.runner.run` for the options."""
+    from tlkit.runner import run as _run
+    return _run(recipe, out, **options)

@@ -1,0 +1,173 @@
+"""Compute the frozen part once: cut the base where training starts, cache the tensors that cross the
+cut (in RAM within a memory budget, else memory-mapped from disk), and train only what is above it."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tlkit.progress import progress
+from tlkit.recipe import Augment, Recipe
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("TLKIT_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tlkit"
+    return Path(root).expanduser() / "features"
+
+
+def memory_budget(fraction: float = 0.5) -> int:
+    """Bytes of RAM the caches may hold: a fraction of the memory available now."""
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
+    except (OSError, StopIteration):
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return int(available * fraction)
+
+
+# === Where to cut ===
+
+def frontier(base: keras.Model, cut: int) -> list:
+    """The tensors made by frozen layers (``base.layers[:cut]``) that trainable layers or the output use."""
+    index = {id(layer): i for i, layer in enumerate(base.layers)}
+    found, seen = [], set()
+
+    def add(tensor):
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            found.append(tensor)
+
+    for layer in base.layers[cut:]:
+        for node in layer._inbound_nodes[:1]:
+            for tensor in node.input_tensors:
+                if index.get(id(tensor._keras_history.operation), cut) < cut:
+                    add(tensor)
+    for tensor in base.outputs:
+        if index[id(tensor._keras_history.operation)] < cut:
+            add(tensor)
+    return found
+
+
+# === Replicas: how augmentation maps onto cached copies ===
+
+@dataclass(frozen=True)
+class Replicas:
+    """The cached copies of each training image, and the reason this mode was chosen."""
+
+    transforms: tuple[Callable, ...]
+    name: str
+    reason: str
+
+    def __len__(self):
+        return len(self.transforms)
+
+
+def _identity(x):
+    return x
+
+
+def _flip_lr(x):
+    return tf.reverse(x, axis=[2])
+
+
+def _flip_ud(x):
+    return tf.reverse(x, axis=[1])
+
+
+def choose_replicas(recipe: Recipe, augment_layer) -> Optional[Replicas]:
+    """Cached replicas for the recipe's augmentation, or None when every step must run the base."""
+    spec: Augment = recipe.augment
+    if not recipe.cache:
+        return None
+    if not spec.active:
+        return Replicas((_identity,), "cached", "exact: no augmentation")
+    if spec.only_flip:
+        flips = {"horizontal": (_identity, _flip_lr), "vertical": (_identity, _flip_ud),
+                 "horizontal_and_vertical": (_identity, _flip_lr, _flip_ud, lambda x: _flip_ud(_flip_lr(x)))}
+        transforms = flips[spec.flip]
+        return Replicas(transforms, f"cached x{len(transforms)}",
+                        f"exact: {spec.flip} flip has {len(transforms)} outcomes, each cached, one drawn per epoch")
+    if recipe.augment_replicas:
+        def augmented(x):
+            return augment_layer(x, training=True)
+        return Replicas((_identity,) + (augmented,) * recipe.augment_replicas,
+                        f"cached x{recipe.augment_replicas + 1}",
+                        f"approximate: {recipe.augment_replicas} augmented replicas per image (augment_replicas)")
+    return None
+
+
+# === The store ===
+
+class FeatureStore:
+    """Feature arrays on disk under a key; loaded into RAM when they fit the budget, else memory-mapped."""
+
+    def __init__(self, root: Path | None = None, budget_bytes: int | None = None):
+        self.root = Path(root) if root else default_cache_dir()
+        self.budget = memory_budget() if budget_bytes is None else budget_bytes
+        self.used = 0
+        self.events: list[dict] = []
+
+    @staticmethod
+    def key(parts: dict) -> str:
+        return hashlib.sha256(json.dumps({"format": CACHE_FORMAT, **parts}, sort_keys=True,
+                                         default=str).encode()).hexdigest()[:24]
+
+    def load_or_compute(self, parts: dict, model: keras.Model, batches: Callable, n: int, replicas: int,
+                        what: str, batch_size: int = 64) -> list[np.ndarray]:
+        """Arrays ``(replicas, n, *shape)``, one per model output; computed only if not cached already."""
+        key = self.key(parts)
+        folder = self.root / key
+        outputs = model.outputs
+        if not (folder / "meta.json").is_file():
+            self._compute(folder, model, batches, n, replicas, what, batch_size)
+            event = "computed"
+        else:
+            event = "reused"
+        arrays = [np.load(folder / f"{i}.npy", mmap_mode="r") for i in range(len(outputs))]
+        size = sum(a.nbytes for a in arrays)
+        where = "disk (memory-mapped)"
+        if self.used + size <= self.budget:
+            arrays = [np.array(a) for a in arrays]
+            self.used += size
+            where = "RAM"
+        self.events.append({"what": what, "key": key, "event": event, "bytes": size, "where": where,
+                            "folder": str(folder)})
+        log.info("features %s: %s, %.1f MB in %s", what, event, size / 1e6, where)
+        return arrays
+
+    def _compute(self, folder, model, batches, n, replicas, what, batch_size):
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        shapes = [tuple(t.shape[1:]) for t in model.outputs]
+        files = [np.lib.format.open_memmap(tmp / f"{i}.npy", "w+", np.float32, (replicas, n, *s))
+                 for i, s in enumerate(shapes)]
+        specs = [tf.TensorSpec(t.shape, t.dtype) for t in model.inputs]
+        forward = tf.function(lambda *x: model(x if len(x) > 1 else x[0], training=False), input_signature=specs)
+        bar = progress(total=n * replicas, desc=f"features {what}", unit="img")
+        for r in range(replicas):
+            for start, inputs in batches(r, batch_size):
+                out = forward(*inputs) if isinstance(inputs, (list, tuple)) else forward(inputs)
+                out = out if isinstance(out, (list, tuple)) else [out]
+                for array, value in zip(files, out):
+                    array[r, start:start + len(value)] = value.numpy()
+                bar.update(len(out[0]))
+        bar.close()
+        for array in files:
+            array.flush()
+        (tmp / "meta.json").write_text(json.dumps({"shapes": shapes, "n": n, "replicas": replicas}))
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)

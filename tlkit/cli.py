@@ -1,0 +1,121 @@
+"""The `tlkit` command: parses options and calls the library; user errors are one line, no traceback."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
+
+import sys
+from pathlib import Path
+
+import click
+
+from tlkit.errors import TlkitError
+from tlkit.progress import setup_logging
+
+
+class _Group(click.Group):
+    """Turn TlkitError into `Error: message` and exit status 2, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TlkitError as error:
+            click.echo(f"tlkit: error: {error}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log more detail.")
+@click.version_option(package_name="tlkit")
+def cli(verbose):
+    """Transfer learning for image folders: pick a recipe, point it at your images, get a served model."""
+    setup_logging(verbose)
+
+
+@cli.command("recipes")
+def recipes_command():
+    """List the bundled recipes."""
+    from tlkit.recipe import bundled_recipes
+    recipes = bundled_recipes()
+    width = max(map(len, recipes))
+    for name, recipe in sorted(recipes.items()):
+        click.echo(f"{name:<{width}}  {recipe.description}")
+
+
+def _epochs(value: str | None, stages: int) -> list[str]:
+    """`--epochs 5` sets every stage, `--epochs 5,3` one value per stage."""
+    if value is None:
+        return []
+    parts = [p.strip() for p in value.split(",")]
+    if len(parts) == 1:
+        parts = parts * stages
+    if len(parts) != stages or not all(p.isdigit() for p in parts):
+        raise TlkitError(f"--epochs takes one whole number or {stages} comma-separated ones (one per stage); "
+                         f"received: {value!r}")
+    return [f"stages.{i}.epochs={p}" for i, p in enumerate(parts)]
+
+
+@cli.command("run")
+@click.argument("recipe")
+@click.option("--data", help="Folder of class sub-folders (overrides the recipe's data.path).")
+@click.option("--out", type=click.Path(file_okay=False), help="Run folder to write [default: runs/RECIPE-TIME].")
+@click.option("--weights", help="imagenet | none | auto | path to a .h5 weights file.")
+@click.option("--weights-dir", type=click.Path(file_okay=False),
+              help="Folder of Keras ImageNet .h5 files (also: TLKIT_WEIGHTS_DIR).")
+@click.option("--epochs", help="Epochs for every stage, or one per stage: 5,3.")
+@click.option("--batch-size", type=int, help="Images per training step.")
+@click.option("--image-size", type=int, help="Square input side in pixels.")
+@click.option("--seed", type=int, help="Random seed (weights init, splits order, shuffling).")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="Override any recipe field, e.g. --set head.dropout=0.3 --set stages.1.learning_rate=1e-5.")
+@click.option("--no-cache", is_flag=True, help="Run the whole base every step instead of caching its frozen part.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where cached features live "
+              "[default: TLKIT_CACHE_DIR or ~/.cache/tlkit].")
+@click.option("--cache-memory", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Fraction of available RAM cached features may take; the rest is memory-mapped from disk.")
+def run_command(recipe, data, out, weights, weights_dir, epochs, batch_size, image_size, seed, assignments,
+                no_cache, cache_dir, cache_memory):
+    """Train RECIPE (a bundled name or a .py file) and write a run folder with the model and its export."""
+    from tlkit.recipe import load_recipe, override
+    from tlkit.runner import default_out, run
+
+    resolved = load_recipe(recipe)
+    flags = {"weights": weights, "batch_size": batch_size, "image_size": image_size, "seed": seed}
+    sets = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    sets += _epochs(epochs, len(resolved.stages))
+    if no_cache:
+        sets.append("cache=false")
+    resolved = override(resolved, sets + list(assignments))
+    out = Path(out) if out else default_out(Path(recipe).stem)
+    result = run(resolved, out, data=data, weights_dir=weights_dir, cache_dir=cache_dir, cache_memory=cache_memory)
+    val = result.metrics["val"]
+    click.echo(f"validation accuracy {val['accuracy']:.4f} on {val['images']} images; run folder: {result.folder}")
+    if result.export:
+        click.echo(f"SavedModel: {result.export}")
+
+
+@cli.command("export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["savedmodel"]), default="savedmodel", show_default=True)
+@click.option("--name", default="model", show_default=True, help="Model name: export/NAME/VERSION.")
+@click.option("--version", type=click.IntRange(min=1), help="Version number [default: the next free one].")
+@click.option("--force", is_flag=True, help="Replace an existing version.")
+def export_command(run_dir, fmt, name, version, force):
+    """Export a run folder's model for serving."""
+    from tlkit.export import export_savedmodel
+    from tlkit.runfolder import RunFolder
+
+    folder = RunFolder.open(run_dir)
+    recipe = folder.recipe()
+    path = export_savedmodel(folder.load_model(), folder.class_names(), recipe.size, folder.export_dir, name,
+                             version, force)
+    click.echo(f"SavedModel: {path}")
+
+
+def main():
+    cli(prog_name="tlkit")
+
+
+if __name__ == "__main__":
+    main()

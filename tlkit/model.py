@@ -1,0 +1,138 @@
+"""The classifier: raw 0-255 pixels -> augmentation -> the base's preprocessing -> base (BatchNorm in
+inference mode) -> head. Also which layers train in each stage."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+from keras import layers, ops
+
+from tlkit.backbones import BACKBONES
+from tlkit.errors import TlkitError
+from tlkit.recipe import Augment, FeatureExtraction, FineTune, Head, Recipe
+from tlkit.weights import ResolvedWeights, load_into
+
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="tlkit")
+class Preprocess(layers.Layer):
+    """A base's input normalisation as a layer, so saved and exported models take raw pixels."""
+
+    def __init__(self, mode: str, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("tf", "caffe"):
+            raise ValueError(f"Preprocess mode must be 'tf' or 'caffe'; received: {mode!r}")
+        self.mode = mode
+
+    def call(self, images):
+        x = ops.cast(images, self.compute_dtype)
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        return ops.flip(x, axis=-1) - ops.convert_to_tensor(_CAFFE_MEAN_BGR, self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+@dataclass
+class Classifier:
+    """The full model and handles on its parts (layers are shared, so training a part trains the whole)."""
+
+    model: keras.Model
+    base: keras.Model
+    preprocess: Preprocess
+    augment: keras.Sequential | None
+    head: keras.Sequential
+
+
+def augmentation(spec: Augment, seed: int) -> keras.Sequential | None:
+    """Keras preprocessing layers for the declared augmentation (active only in training)."""
+    steps = []
+    if spec.flip:
+        steps.append(layers.RandomFlip(spec.flip, seed=seed))
+    if spec.rotation:
+        steps.append(layers.RandomRotation(spec.rotation, seed=seed))
+    if spec.zoom:
+        steps.append(layers.RandomZoom(spec.zoom, seed=seed))
+    if spec.translation:
+        steps.append(layers.RandomTranslation(spec.translation, spec.translation, seed=seed))
+    if spec.contrast:
+        steps.append(layers.RandomContrast(spec.contrast, seed=seed))
+    if spec.brightness:
+        steps.append(layers.RandomBrightness(spec.brightness, value_range=(0, 255), seed=seed))
+    return keras.Sequential(steps, name="augment") if steps else None
+
+
+def head_layers(spec: Head, num_classes: int) -> keras.Sequential:
+    """Pooling or flatten, optional hidden dense layers, dropout, and the output layer (float32)."""
+    if spec.activation == "sigmoid" and num_classes != 2:
+        raise TlkitError(f"head.activation=sigmoid needs exactly two classes; the data has {num_classes} "
+                         "(use head.activation=softmax)")
+    pool = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D,
+            "flatten": layers.Flatten}[spec.pooling]
+    steps = [pool(name="pool")]
+    for i, units in enumerate(spec.hidden):
+        steps.append(layers.Dense(units, activation="relu", name=f"hidden_{i}"))
+    if spec.dropout:
+        steps.append(layers.Dropout(spec.dropout, name="dropout"))
+    units = 1 if spec.activation == "sigmoid" else num_classes
+    steps.append(layers.Dense(units, activation=spec.activation, dtype="float32", name="predictions"))
+    return keras.Sequential(steps, name="head")
+
+
+def build_classifier(recipe: Recipe, num_classes: int, weights: ResolvedWeights) -> Classifier:
+    """Build the whole model, seeded, with the resolved weights loaded into the base."""
+    keras.utils.set_random_seed(recipe.seed)
+    backbone = BACKBONES[recipe.base]
+    base = backbone.build(recipe.size, recipe.alpha)
+    load_into(base, weights)
+    base.trainable = False
+    augment = augmentation(recipe.augment, recipe.seed)
+    preprocess = Preprocess(backbone.preprocessing, name="preprocess")
+    head = head_layers(recipe.head, num_classes)
+
+    inputs = keras.Input((recipe.size, recipe.size, 3), name="image")
+    x = augment(inputs) if augment else inputs
+    x = preprocess(x)
+    x = base(x, training=False)  # BatchNorm always uses its moving statistics
+    outputs = head(x)
+    model = keras.Model(inputs, outputs, name=f"tlkit_{recipe.base}")
+    return Classifier(model, base, preprocess, augment, head)
+
+
+def unfreeze_index(recipe: Recipe, base: keras.Model, stage: FineTune) -> int:
+    """Index in ``base.layers`` of the first layer a fine-tuning stage unfreezes."""
+    names = [layer.name for layer in base.layers]
+    if stage.unfreeze_from is not None:
+        if stage.unfreeze_from not in names:
+            starts = [layers_[0] for _, layers_ in BACKBONES[recipe.base].blocks(base)]
+            raise TlkitError(f"unfreeze_from={stage.unfreeze_from!r} is not a layer of {recipe.base}; "
+                             f"block starts: {', '.join(starts)}")
+        return names.index(stage.unfreeze_from)
+    if stage.unfreeze_blocks is not None:
+        blocks = BACKBONES[recipe.base].blocks(base)
+        if stage.unfreeze_blocks > len(blocks):
+            raise TlkitError(f"unfreeze_blocks={stage.unfreeze_blocks} but {recipe.base} has {len(blocks)} "
+                             f"blocks: {', '.join(b for b, _ in blocks)}")
+        return names.index(blocks[-stage.unfreeze_blocks][1][0])
+    body = len(names) - 1  # without the InputLayer
+    return len(names) - max(1, round(body * stage.unfreeze_fraction))
+
+
+def cut_index(recipe: Recipe, base: keras.Model, stage) -> int:
+    """Index in ``base.layers`` of the first layer a stage trains (``len(base.layers)``: none)."""
+    if isinstance(stage, FeatureExtraction):
+        return len(base.layers)
+    return unfreeze_index(recipe, base, stage)
+
+
+def set_trainable(classifier: Classifier, recipe: Recipe, stage) -> int:
+    """Freeze and unfreeze for a stage; return the index of the first trainable base layer."""
+    base = classifier.base
+    cut = cut_index(recipe, base, stage)
+    base.trainable = cut < len(base.layers)
+    for i, layer in enumerate(base.layers):
+        is_bn = isinstance(layer, layers.BatchNormalization)
+        layer.trainable = i >= cut and not (is_bn and recipe.batchnorm == "frozen")
+    return cut

@@ -1,0 +1,255 @@
+"""Recipes: typed, validated declarations of a run, and how to load and override them.
+
+A recipe module in ``recipes/`` defines a module-level ``recipe = Recipe(...)``. Nothing in a
+recipe executes training; :func:`tlkit.run` does.
+
+>>> from tlkit import Recipe, Head, FeatureExtraction, FineTune
+>>> r = Recipe(description="demo", base="mobilenet_v2", alpha=0.35, image_size=96,
+...            stages=(FeatureExtraction(epochs=2), FineTune(epochs=2, unfreeze_blocks=2)))
+>>> override(r, ["head.dropout=0.5", "stages.1.epochs=4"]).stages[1].epochs
+4
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import pkgutil
+from pathlib import Path
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tlkit.backbones import BACKBONES
+from tlkit.errors import TlkitError
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Head(_Spec):
+    """The new classifier on top of the base."""
+
+    pooling: Literal["avg", "max", "flatten"] = "avg"
+    hidden: tuple[Annotated[int, Field(gt=0)], ...] = ()
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    activation: Literal["softmax", "sigmoid"] = "softmax"  # sigmoid: one unit, two classes only
+
+
+class Augment(_Spec):
+    """Training-time augmentation, as Keras preprocessing layers inside the model (off at inference)."""
+
+    flip: Optional[Literal["horizontal", "vertical", "horizontal_and_vertical"]] = None
+    rotation: float = Field(0.0, ge=0.0, le=0.5)  # fraction of a full turn
+    zoom: float = Field(0.0, ge=0.0, lt=1.0)
+    translation: float = Field(0.0, ge=0.0, lt=1.0)
+    contrast: float = Field(0.0, ge=0.0, lt=1.0)
+    brightness: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @property
+    def only_flip(self) -> bool:
+        return self.flip is not None and not any(
+            (self.rotation, self.zoom, self.translation, self.contrast, self.brightness))
+
+    @property
+    def active(self) -> bool:
+        return self.flip is not None or any(
+            (self.rotation, self.zoom, self.translation, self.contrast, self.brightness))
+
+
+class Data(_Spec):
+    """Where images come from and how they are split."""
+
+    path: Optional[str] = None  # folder of class sub-folders; --data overrides
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self):
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction must leave at least 10% for training")
+        return self
+
+
+class _Stage(_Spec):
+    epochs: int = Field(ge=0)
+    learning_rate: float = Field(gt=0.0)
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    patience: Optional[int] = Field(3, ge=1)  # early stopping on val_loss; None turns it off
+
+
+class FeatureExtraction(_Stage):
+    """Stage 1: the whole base frozen, only the head trains."""
+
+    kind: Literal["feature_extraction"] = "feature_extraction"
+    learning_rate: float = Field(1e-3, gt=0.0)
+
+
+class FineTune(_Stage):
+    """Stage 2: the top of the base unfrozen (by layer name, top blocks or fraction), low learning rate."""
+
+    kind: Literal["fine_tune"] = "fine_tune"
+    learning_rate: float = Field(1e-5, gt=0.0)
+    unfreeze_from: Optional[str] = None
+    unfreeze_blocks: Optional[int] = Field(None, ge=1)
+    unfreeze_fraction: Optional[float] = Field(None, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _one_unfreeze_rule(self):
+        given = [n for n in ("unfreeze_from", "unfreeze_blocks", "unfreeze_fraction") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("a FineTune stage needs exactly one of unfreeze_from, unfreeze_blocks, "
+                             f"unfreeze_fraction; received: {given or 'none'}")
+        return self
+
+
+Stage = Annotated[Union[FeatureExtraction, FineTune], Field(discriminator="kind")]
+
+
+class Recipe(_Spec):
+    """A complete, declarative description of a transfer-learning run."""
+
+    description: str
+    base: str
+    alpha: Optional[float] = None  # width multiplier of MobileNet bases
+    image_size: Optional[int] = Field(None, ge=32)  # None: the base's default
+    weights: str = "imagenet"  # imagenet | none | auto | path to a weights file
+    batchnorm: Literal["frozen", "affine"] = "frozen"  # BN always runs in inference mode; affine: gamma/beta train
+    head: Head = Head()
+    augment: Augment = Augment()
+    data: Data = Data()
+    stages: tuple[Stage, ...] = (FeatureExtraction(epochs=5),)
+    batch_size: int = Field(32, ge=1)
+    seed: int = 1337
+    cache: bool = True  # compute the frozen part of the base once (exact); False: full forward every step
+    augment_replicas: int = Field(0, ge=0)  # cached augmented copies per image when augmentation is not just a flip
+
+    @field_validator("base")
+    @classmethod
+    def _known_base(cls, value):
+        if value not in BACKBONES:
+            raise ValueError(f"unknown base {value!r}; valid choices: {', '.join(sorted(BACKBONES))}")
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_choice(cls, value):
+        if value not in ("imagenet", "none", "auto") and not value.endswith(".h5"):
+            raise ValueError(f"weights must be imagenet, none, auto or a path to a .h5 weights file; received: {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _base_options(self):
+        BACKBONES[self.base].check(self.alpha, self.image_size)
+        if not self.stages:
+            raise ValueError("a recipe needs at least one stage")
+        return self
+
+    @property
+    def size(self) -> int:
+        """The image side length actually used."""
+        return self.image_size or BACKBONES[self.base].default_size
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Recipe":
+        return cls.model_validate_json(text)
+
+
+def bundled_recipes() -> dict[str, Recipe]:
+    """Every recipe shipped in ``recipes/``, by module name."""
+    import tlkit.recipes as package
+    return {info.name: load_recipe(info.name) for info in pkgutil.iter_modules(package.__path__)
+            if not info.name.startswith("_")}
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """Load a bundled recipe by name, or any recipe module by file path."""
+    path = Path(name_or_path)
+    try:
+        if path.suffix == ".py":
+            if not path.is_file():
+                raise TlkitError(f"recipe file not found: {path}")
+            spec = importlib.util.spec_from_file_location(f"tlkit_user_recipe_{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            try:
+                module = importlib.import_module(f"tlkit.recipes.{name_or_path}")
+            except ModuleNotFoundError:
+                import tlkit.recipes as package
+                names = sorted(i.name for i in pkgutil.iter_modules(package.__path__))
+                raise TlkitError(f"unknown recipe {name_or_path!r}; bundled recipes: {', '.join(names)} "
+                                 "(or pass a path to a .py recipe module)") from None
+    except ValidationError as error:
+        raise TlkitError(f"recipe {name_or_path}: {_one_line(error)}") from None
+    recipe = getattr(module, "recipe", None)
+    if not isinstance(recipe, Recipe):
+        raise TlkitError(f"recipe module {name_or_path} must define `recipe = tlkit.Recipe(...)`")
+    return recipe
+
+
+def valid_keys(recipe: Recipe) -> list[str]:
+    """Every dotted key that ``--set`` accepts for this recipe."""
+    def walk(value, prefix):
+        if isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                yield from walk(getattr(value, name), f"{prefix}{name}.")
+        elif isinstance(value, tuple) and value and isinstance(value[0], BaseModel):
+            for i, item in enumerate(value):
+                yield from walk(item, f"{prefix}{i}.")
+        else:
+            yield prefix[:-1]
+    return list(walk(recipe, ""))
+
+
+def override(recipe: Recipe, assignments: list[str]) -> Recipe:
+    """Apply ``key=value`` overrides (dotted keys, e.g. ``stages.1.learning_rate=1e-5``), validated."""
+    tree = json.loads(recipe.model_dump_json())
+    keys = valid_keys(recipe)
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        key = key.strip()
+        if not sep:
+            raise TlkitError(f"--set expects key=value; received: {assignment!r}")
+        if key not in keys:
+            raise TlkitError(f"unknown recipe key {key!r}; valid keys: {', '.join(keys)}")
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[leaf] = _parse_value(raw, node.get(leaf))
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as error:
+        raise TlkitError(f"--set {', '.join(assignments)}: {_one_line(error)}") from None
+
+
+def _parse_value(raw: str, current):
+    """A command-line string as the value a recipe field holds (JSON where it parses, lists by commas)."""
+    text = raw.strip()
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    if isinstance(current, list) and not isinstance(value, list):
+        value = [] if text == "" else [part.strip() for part in str(text).split(",")]
+    return value
+
+
+def _one_line(error: ValidationError) -> str:
+    """Pydantic's report squeezed onto one line: `field: problem (received: value)`."""
+    parts = []
+    for e in error.errors():
+        where = ".".join(str(p) for p in e["loc"] if p not in ("feature_extraction", "fine_tune"))
+        message = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            message = "unknown field"
+        received = "" if e["type"] in ("value_error", "missing") else f" (received: {e.get('input')!r})"
+        parts.append(f"{where + ': ' if where else ''}{message}{received}")
+    return "; ".join(parts)

@@ -1,0 +1,60 @@
+"""The run folder: one place that knows its file names, and reads and writes them."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from tlkit.errors import TlkitError
+from tlkit.recipe import Recipe
+
+
+class RunFolder:
+    """Files of one run: recipe, classes, split, skipped files, history, metrics, model, exports."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.recipe_file = self.path / "recipe.json"
+        self.classes_file = self.path / "classes.json"
+        self.split_file = self.path / "split.csv"
+        self.skipped_file = self.path / "skipped.csv"
+        self.history_file = self.path / "history.csv"
+        self.metrics_file = self.path / "metrics.json"
+        self.run_file = self.path / "run.json"
+        self.model_file = self.path / "model.keras"
+        self.export_dir = self.path / "export"
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunFolder":
+        folder = cls(path)
+        if not folder.model_file.is_file():
+            raise TlkitError(f"{folder.path} is not a finished tlkit run folder (no {folder.model_file.name}); "
+                             "pass the --out folder of a completed `tlkit run`")
+        return folder
+
+    def recipe(self) -> Recipe:
+        return Recipe.from_json(self.recipe_file.read_text())
+
+    def class_names(self) -> list[str]:
+        return json.loads(self.classes_file.read_text())
+
+    def load_model(self):
+        import keras
+        import tlkit.model  # noqa: F401  registers the Preprocess layer
+        return keras.saving.load_model(self.model_file)
+
+    def write_json(self, file: Path, value) -> None:
+        file.write_text(json.dumps(value, indent=2, default=str) + "\n", encoding="utf-8")
+
+    @staticmethod
+    def write_csv(file: Path, rows: list[dict], columns: list[str] | None = None) -> None:
+        columns = columns or list(dict.fromkeys(k for row in rows for k in row))
+        with open(file, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, columns, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    @staticmethod
+    def read_csv(file: Path) -> list[dict]:
+        with open(file, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
