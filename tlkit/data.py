@@ -43,6 +43,14 @@ class ImageData:
     def counts(self) -> dict[str, int]:
         return {name: len(split) for name, split in self.splits.items()}
 
+    def fingerprint(self) -> dict:
+        """Identity of every file per split (relative path, size, mtime): cached features depend on it."""
+        def file_id(path):
+            stat = path.stat()
+            return [path.relative_to(self.root).as_posix(), stat.st_size, stat.st_mtime_ns]
+        return {"root": str(self.root.resolve()),
+                "files": {name: [file_id(p) for p in split.paths] for name, split in self.splits.items()}}
+
 
 def split_of(relative_path: str, val_fraction: float, test_fraction: float) -> str:
     """The split a file belongs to, from a hash of its path inside its class folder.
@@ -109,8 +117,8 @@ def resize_tensor(images, size: int):
     return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
 
-def decode_all(paths: list[Path], size: int, what: str) -> tuple[np.ndarray, list[tuple[Path, str]]]:
-    """Decode files in parallel; return the pixels of those that decoded and the failures with reasons."""
+def decode_all(paths: list[Path], size: int, what: str) -> tuple[np.ndarray, list[tuple[Path, str]], np.ndarray]:
+    """Decode files in parallel: pixels of those that decoded, failures with reasons, and the ok mask."""
     images = np.zeros((len(paths), size, size, 3), np.uint8)
     ok = np.zeros(len(paths), bool)
     failures = []

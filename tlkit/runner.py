@@ -31,17 +31,13 @@ class RunResult:
 
 def _fingerprint(recipe: Recipe, weights: ResolvedWeights, data: ImageData) -> dict:
     """What cached features depend on apart from the cut: files, base, weights, image size."""
-    def file_id(path):
-        stat = path.stat()
-        return [path.relative_to(data.root).as_posix(), stat.st_size, stat.st_mtime_ns]
     if weights.path:
         stat = weights.path.stat()
         weight_id = [str(weights.path.resolve()), stat.st_size, stat.st_mtime_ns]
     else:
         weight_id = f"random init, seed {recipe.seed}"
-    return {"root": str(data.root.resolve()), "base": recipe.base, "alpha": recipe.alpha, "size": recipe.size,
-            "weights": weight_id,
-            "files": {name: [file_id(p) for p in split.paths] for name, split in data.splits.items()}}
+    return {**data.fingerprint(), "base": recipe.base, "alpha": recipe.alpha, "size": recipe.size,
+            "weights": weight_id}
 
 
 def default_out(recipe_name: str) -> Path:
