@@ -155,15 +155,13 @@ class FeatureStore:
         shapes = [tuple(t.shape[1:]) for t in model.outputs]
         files = [np.lib.format.open_memmap(tmp / f"{i}.npy", "w+", np.float32, (replicas, n, *s))
                  for i, s in enumerate(shapes)]
-        specs = [tf.TensorSpec(t.shape, t.dtype) for t in model.inputs]
-        forward = tf.function(lambda *x: model(x if len(x) > 1 else x[0], training=False), input_signature=specs)
         bar = progress(total=n * replicas, desc=f"features {what}", unit="img")
         for r in range(replicas):
             for start, inputs in batches(r, batch_size):
-                out = forward(*inputs) if isinstance(inputs, (list, tuple)) else forward(inputs)
+                out = model.predict_on_batch(inputs)
                 out = out if isinstance(out, (list, tuple)) else [out]
                 for array, value in zip(files, out):
-                    array[r, start:start + len(value)] = value.numpy()
+                    array[r, start:start + len(value)] = value
                 bar.update(len(out[0]))
         bar.close()
         for array in files:

@@ -132,10 +132,11 @@ class Recipe(_Spec):
             raise ValueError(f"unknown base {value!r}; valid choices: {', '.join(sorted(BACKBONES))}")
         return value
 
-    @field_validator("weights")
+    @field_validator("weights", mode="before")
     @classmethod
     def _weights_choice(cls, value):
-        if value not in ("imagenet", "none", "auto") and not value.endswith(".h5"):
+        value = "none" if value is None else value  # as in Keras, weights=None means random init
+        if isinstance(value, str) and value not in ("imagenet", "none", "auto") and not value.endswith(".h5"):
             raise ValueError(f"weights must be imagenet, none, auto or a path to a .h5 weights file; received: {value!r}")
         return value
 

@@ -52,7 +52,7 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
 
     from tlkit.export import export_savedmodel
     from tlkit.model import build_classifier
-    from tlkit.train import Trainer, image_dataset, loss_for
+    from tlkit.train import Trainer, labels_for, image_dataset, loss_for
 
     started = time.perf_counter()
     path = data or recipe.data.path
@@ -85,12 +85,15 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
     folder.write_csv(folder.history_file, training.history)
 
     model = classifier.model
-    model.compile(loss=loss_for(recipe), metrics=["accuracy"])
     metrics = {}
     for name in ("val", "test"):
         if name in images.splits:
-            loss, accuracy = model.evaluate(image_dataset(images.splits[name], recipe), verbose=0)
-            metrics[name] = {"accuracy": float(accuracy), "loss": float(loss), "images": len(images.splits[name])}
+            split = images.splits[name]
+            outputs = model.predict(image_dataset(split, recipe), verbose=0)
+            labels = labels_for(split.labels, recipe)
+            predicted = (outputs[:, 0] > 0.5).astype(int) if outputs.shape[1] == 1 else outputs.argmax(axis=1)
+            metrics[name] = {"accuracy": float(np.mean(predicted == split.labels)),
+                             "loss": float(loss_for(recipe)(labels, outputs)), "images": len(split)}
     metrics["accuracy"] = metrics.get("test", metrics["val"])["accuracy"]
     folder.write_json(folder.metrics_file, metrics)
     model.save(folder.model_file)

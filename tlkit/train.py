@@ -90,7 +90,7 @@ class _EpochLog(keras.callbacks.Callback):
         log.info("%s epoch %d/%d  %s  (%.1fs)", self.stage, epoch + 1, self.total, figures, seconds)
 
 
-def _labels(labels: np.ndarray, recipe: Recipe) -> np.ndarray:
+def labels_for(labels: np.ndarray, recipe: Recipe) -> np.ndarray:
     if recipe.head.activation == "sigmoid":
         return labels.astype(np.float32).reshape(-1, 1)
     return labels.astype(np.int32)
@@ -124,7 +124,7 @@ def _label_spec(recipe):
 
 def image_dataset(split, recipe: Recipe, shuffle_seed: int | None = None) -> tf.data.Dataset:
     """Batches of a split's full images (float 0-255) and labels, for the plain path and evaluation."""
-    labels = _labels(split.labels, recipe)
+    labels = labels_for(split.labels, recipe)
     spec = tf.TensorSpec((None, recipe.size, recipe.size, 3), tf.float32)
     return indexed_dataset(len(split), lambda i: (split.images[i].astype(np.float32), labels[i]),
                            [spec, _label_spec(recipe)], recipe.batch_size, shuffle_seed)
@@ -141,7 +141,7 @@ def feature_datasets(train_arrays, val_arrays, data: ImageData, recipe: Recipe):
     rng = np.random.default_rng(recipe.seed)
 
     def make(arrays, split, seed):
-        labels = _labels(split.labels, recipe)
+        labels = labels_for(split.labels, recipe)
         specs = [tf.TensorSpec((None, *a.shape[2:]), tf.float32) for a in arrays] + [_label_spec(recipe)]
 
         def gather(indices):
