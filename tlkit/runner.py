@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 import platform
+import resource
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -65,11 +67,14 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
     folder.path.mkdir(parents=True, exist_ok=True)
     folder.recipe_file.write_text(recipe.to_json() + "\n")
 
-    weights = resolve_weights(recipe.base, recipe.alpha, recipe.size, recipe.weights, weights_dir)
+    timings: dict[str, float] = {}
+    with _timed(timings, "weights"):
+        weights = resolve_weights(recipe.base, recipe.alpha, recipe.size, recipe.weights, weights_dir)
     log.info("base %s%s at %d px, weights: %s", recipe.base, f" (alpha {recipe.alpha})" if recipe.alpha else "",
              recipe.size, weights.describe())
 
-    images = load_folder(path, recipe.size, recipe.data.val_fraction, recipe.data.test_fraction)
+    with _timed(timings, "data"):
+        images = load_folder(path, recipe.size, recipe.data.val_fraction, recipe.data.test_fraction)
     log.info("data %s: %d classes, %s; %d file(s) skipped", images.root, len(images.class_names),
              ", ".join(f"{k} {v}" for k, v in images.counts().items()), len(images.skipped))
     folder.write_json(folder.classes_file, images.class_names)
@@ -79,31 +84,37 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
     folder.write_csv(folder.skipped_file, [{"path": str(p), "reason": r} for p, r in images.skipped],
                      ["path", "reason"])
 
-    classifier = build_classifier(recipe, len(images.class_names), weights)
     store = FeatureStore(cache_dir, memory_budget(cache_memory))
-    training = Trainer(classifier, recipe, images, store, _fingerprint(recipe, weights, images)).run()
+    with _timed(timings, "train"):
+        classifier = build_classifier(recipe, len(images.class_names), weights)
+        training = Trainer(classifier, recipe, images, store, _fingerprint(recipe, weights, images)).run()
     folder.write_csv(folder.history_file, training.history)
 
     model = classifier.model
     metrics = {}
-    for name in ("val", "test"):
-        if name in images.splits:
-            split = images.splits[name]
-            outputs = model.predict(image_dataset(split, recipe), verbose=0)
-            labels = labels_for(split.labels, recipe)
-            predicted = (outputs[:, 0] > 0.5).astype(int) if outputs.shape[1] == 1 else outputs.argmax(axis=1)
-            metrics[name] = {"accuracy": float(np.mean(predicted == split.labels)),
-                             "loss": float(loss_for(recipe)(labels, outputs)), "images": len(split)}
+    with _timed(timings, "evaluate"):
+        for name in ("val", "test"):
+            if name in images.splits:
+                split = images.splits[name]
+                outputs = model.predict(image_dataset(split, recipe), verbose=0)
+                labels = labels_for(split.labels, recipe)
+                predicted = (outputs[:, 0] > 0.5).astype(int) if outputs.shape[1] == 1 else outputs.argmax(axis=1)
+                metrics[name] = {"accuracy": float(np.mean(predicted == split.labels)),
+                                 "loss": float(loss_for(recipe)(labels, outputs)), "images": len(split)}
     metrics["accuracy"] = metrics.get("test", metrics["val"])["accuracy"]
     folder.write_json(folder.metrics_file, metrics)
-    model.save(folder.model_file)
+    with _timed(timings, "save"):
+        model.save(folder.model_file)
     log.info("validation accuracy %.4f (loss %.4f); model saved to %s", metrics["val"]["accuracy"],
              metrics["val"]["loss"], folder.model_file)
 
-    exported = export_savedmodel(model, images.class_names, recipe.size, folder.export_dir, "model") if export else None
+    with _timed(timings, "export"):
+        exported = export_savedmodel(model, images.class_names, recipe.size, folder.export_dir, "model") if export else None
     folder.write_json(folder.run_file, {
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - started, 2),
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "weights": {"requested": weights.requested, "loaded": weights.describe(), "warning": weights.warning},
         "warnings": [w for w in [weights.warning] if w],
         "data": {"root": str(images.root), "counts": images.counts(), "skipped": len(images.skipped)},
@@ -118,6 +129,16 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
                     "devices": [d.name for d in tf.config.list_logical_devices()]},
     })
     return RunResult(folder.path, metrics, exported)
+
+
+@contextmanager
+def _timed(timings: dict, phase: str):
+    """Add the wall seconds of a block to ``timings[phase]``."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - started
 
 
 def _version() -> str:
