@@ -75,8 +75,29 @@ class Data(_Spec):
 class _Stage(_Spec):
     epochs: int = Field(ge=0)
     learning_rate: float = Field(gt=0.0)
-    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"  # sgd: momentum 0.9
     patience: Optional[int] = Field(3, ge=1)  # early stopping on val_loss; None turns it off
+    weight_decay: Optional[float] = Field(None, ge=0.0)  # decoupled; None: the optimizer's default (adamw 0.004)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    # constant | plateau: x plateau_factor after plateau_patience epochs without a lower val_loss |
+    # cosine: to 0 over the stage, after warmup_epochs of linear warmup from 0 | step: x step_factor every step_every
+    schedule: Literal["constant", "plateau", "cosine", "step"] = "constant"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    plateau_patience: int = Field(2, ge=1)
+    plateau_factor: float = Field(0.1, gt=0.0, lt=1.0)
+    step_every: int = Field(3, ge=1)
+    step_factor: float = Field(0.1, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _schedule_options(self):
+        if self.warmup_epochs and self.schedule != "cosine":
+            raise ValueError(f"warmup_epochs applies to schedule=cosine; received schedule={self.schedule}")
+        if self.warmup_epochs and self.warmup_epochs >= self.epochs > 0:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs})")
+        if self.schedule == "plateau" and self.patience and self.plateau_patience >= self.patience:
+            raise ValueError(f"plateau_patience ({self.plateau_patience}) must be below patience "
+                             f"({self.patience}), or early stopping ends the stage before the rate drops")
+        return self
 
 
 class FeatureExtraction(_Stage):
@@ -94,6 +115,7 @@ class FineTune(_Stage):
     unfreeze_from: Optional[str] = None
     unfreeze_blocks: Optional[int] = Field(None, ge=1)
     unfreeze_fraction: Optional[float] = Field(None, gt=0.0, le=1.0)
+    base_learning_rate_ratio: float = Field(1.0, gt=0.0, le=1.0)  # unfrozen base layers: learning_rate x this
 
     @model_validator(mode="after")
     def _one_unfreeze_rule(self):

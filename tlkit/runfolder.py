@@ -22,6 +22,7 @@ class RunFolder:
         self.metrics_file = self.path / "metrics.json"
         self.run_file = self.path / "run.json"
         self.model_file = self.path / "model.keras"
+        self.stages_dir = self.path / "stages"  # per stage: parameters.txt and TensorBoard logs
         self.export_dir = self.path / "export"
 
     @classmethod
@@ -40,7 +41,7 @@ class RunFolder:
 
     def load_model(self):
         import keras
-        import tlkit.model  # noqa: F401  registers the Preprocess layer
+        import tlkit.model, tlkit.optim  # noqa: E401,F401  register tlkit's layer, optimizers and loss
         return keras.saving.load_model(self.model_file)
 
     def write_json(self, file: Path, value) -> None:

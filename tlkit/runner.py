@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
+import os
 import platform
+from contextlib import contextmanager
 import resource
 import time
 from dataclasses import asdict, dataclass
@@ -87,7 +88,8 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
     store = FeatureStore(cache_dir, memory_budget(cache_memory))
     with _timed(timings, "train"):
         classifier = build_classifier(recipe, len(images.class_names), weights)
-        training = Trainer(classifier, recipe, images, store, _fingerprint(recipe, weights, images)).run()
+        training = Trainer(classifier, recipe, images, store, _fingerprint(recipe, weights, images),
+                           folder.stages_dir).run()
     folder.write_csv(folder.history_file, training.history)
 
     model = classifier.model
@@ -123,12 +125,29 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
         "best": training.best,
         "cache": store.events,
         "export": str(exported) if exported else None,
+        "seed": recipe.seed,
         "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
                      "keras": keras.__version__, "numpy": np.__version__, "tlkit": _version()},
-        "machine": {"platform": platform.platform(), "processor": platform.machine(),
-                    "devices": [d.name for d in tf.config.list_logical_devices()]},
+        "machine": machine(),
     })
     return RunResult(folder.path, metrics, exported)
+
+
+def machine() -> dict:
+    """The hardware a run used: platform, CPU model and cores, memory, TensorFlow's devices and GPU names."""
+    import tensorflow as tf
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+    return {"platform": platform.platform(), "processor": platform.machine(), "cpu": cpu or "unknown",
+            "cpu_cores": os.cpu_count(), "memory_gb": round(memory / 2**30, 1) if memory else None,
+            "devices": [d.name for d in tf.config.list_logical_devices()],
+            "gpus": [tf.config.experimental.get_device_details(g).get("device_name", g.name)
+                     for g in tf.config.list_physical_devices("GPU")]}
 
 
 @contextmanager

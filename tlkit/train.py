@@ -4,7 +4,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -13,17 +14,11 @@ import tensorflow as tf
 from tlkit.cache import FeatureStore, Replicas, choose_replicas, frontier
 from tlkit.data import ImageData
 from tlkit.model import Classifier, cut_index, set_trainable
+from tlkit.optim import SmoothedSparseCrossentropy, make_optimizer, stage_callbacks, steps_per_epoch
 from tlkit.recipe import Recipe
+from tlkit.summary import parameter_summary
 
 log = logging.getLogger(__name__)
-
-OPTIMIZERS = {
-    "adam": lambda lr: keras.optimizers.Adam(lr),
-    "adamw": lambda lr: keras.optimizers.AdamW(lr),
-    "sgd": lambda lr: keras.optimizers.SGD(lr, momentum=0.9),
-    "rmsprop": lambda lr: keras.optimizers.RMSprop(lr),
-}
-
 
 @dataclass
 class StageReport:
@@ -35,6 +30,7 @@ class StageReport:
     first_trainable_layer: str | None
     trainable_params: int
     total_params: int
+    parameters: dict = field(default_factory=dict)  # tlkit.summary.ParameterSummary
     epochs_run: int = 0
     seconds: float = 0.0
 
@@ -130,9 +126,11 @@ def image_dataset(split, recipe: Recipe, shuffle_seed: int | None = None) -> tf.
                            [spec, _label_spec(recipe)], recipe.batch_size, shuffle_seed)
 
 
-def loss_for(recipe: Recipe):
+def loss_for(recipe: Recipe, label_smoothing: float = 0.0):
     if recipe.head.activation == "sigmoid":
-        return keras.losses.BinaryCrossentropy()
+        return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
+    if label_smoothing:
+        return SmoothedSparseCrossentropy(label_smoothing)
     return keras.losses.SparseCategoricalCrossentropy()
 
 
@@ -173,17 +171,14 @@ def above_cut_model(classifier: Classifier, tensors) -> keras.Model:
     return keras.Model(inputs if len(inputs) > 1 else inputs[0], classifier.head(x))
 
 
-def count_params(weights) -> int:
-    return int(sum(np.prod(w.shape) for w in weights))
-
-
 class Trainer:
     """Runs a recipe's stages on a classifier, reusing the frozen part's output where that is exact."""
 
     def __init__(self, classifier: Classifier, recipe: Recipe, data: ImageData, store: FeatureStore,
-                 fingerprint: dict):
+                 fingerprint: dict, log_dir: Path | None = None):
         self.classifier, self.recipe, self.data, self.store = classifier, recipe, data, store
         self.fingerprint = fingerprint  # what the cached features depend on besides the cut
+        self.log_dir = log_dir  # per stage: parameter summary and TensorBoard logs; None: neither
         self.replicas: Replicas | None = choose_replicas(recipe, classifier.augment)
         self.features: dict[int, tuple[list, list]] = {}  # cut index -> (train arrays, val arrays)
         self.feature_seconds = 0.0
@@ -266,16 +261,21 @@ class Trainer:
             model = classifier.model
             train = image_dataset(self.data.splits["train"], recipe, recipe.seed)
             val = image_dataset(self.data.splits["val"], recipe)
-        full = classifier.model
-        report = StageReport(name, mode, reason, first, count_params(full.trainable_weights), full.count_params())
-        trainable_layers = sum(1 for layer in base.layers if layer.trainable and layer.weights)
-        log.info("stage %s: %s (%s); base layers with trainable weights: %d, from %s; params trainable %s of %s; "
-                 "BatchNorm in inference mode (%s)", name, mode, reason, trainable_layers, first or "none",
-                 f"{report.trainable_params:,}", f"{report.total_params:,}", recipe.batchnorm)
+        summary = parameter_summary(classifier, recipe.batchnorm, name)
+        report = StageReport(name, mode, reason, first, summary.trainable, summary.total, asdict(summary))
+        log.info("stage %s: %s (%s)", name, mode, reason)
+        for line in summary.lines():
+            log.info(line)
+        stage_dir = self.log_dir / name.replace(":", "-") if self.log_dir else None
+        if stage_dir:
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            (stage_dir / "parameters.txt").write_text("\n".join(summary.lines()) + "\n")
 
-        model.compile(OPTIMIZERS[stage.optimizer](stage.learning_rate), loss_for(recipe), metrics=["accuracy"])
+        optimizer = make_optimizer(stage, steps_per_epoch(len(self.data.splits["train"]), recipe.batch_size),
+                                   base.trainable_variables)
+        model.compile(optimizer, loss_for(recipe, stage.label_smoothing), metrics=["accuracy"])
         keeper.stage = name
-        callbacks = [keeper, _EpochLog(name, epoch + stage.epochs, rows)]
+        callbacks = [*stage_callbacks(stage, stage_dir), keeper, _EpochLog(name, epoch + stage.epochs, rows)]
         if stage.patience:
             callbacks.append(keras.callbacks.EarlyStopping("val_loss", patience=stage.patience))
         started = time.perf_counter()

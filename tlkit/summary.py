@@ -1,0 +1,51 @@
+"""What a stage trains: parameter counts as Keras counts them, the trainable base layers, the BatchNorm mode."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from tlkit.model import Classifier
+
+BATCHNORM_MODES = {
+    "frozen": "inference mode (moving statistics fixed), gamma/beta frozen",
+    "affine": "inference mode (moving statistics fixed), gamma/beta train in unfrozen layers",
+}
+
+
+def count_params(weights) -> int:
+    return int(sum(np.prod(w.shape) for w in weights))
+
+
+@dataclass
+class ParameterSummary:
+    """Parameters of the whole classifier during one stage; trainable + frozen == total."""
+
+    stage: str
+    total: int
+    trainable: int
+    frozen: int  # Keras' "non-trainable": frozen weights and BatchNorm moving statistics
+    base_layers: int  # base layers that have weights
+    trainable_base_layers: list[str]
+    batchnorm: str
+
+    def lines(self) -> list[str]:
+        layers = ", ".join(self.trainable_base_layers) or "none"
+        return [f"stage {self.stage} parameters: total {self.total:,}, trainable {self.trainable:,}, "
+                f"frozen {self.frozen:,}",
+                f"  base layers training: {len(self.trainable_base_layers)} of {self.base_layers} with weights: "
+                f"{layers}",
+                f"  BatchNorm: {self.batchnorm}"]
+
+
+def parameter_summary(classifier: Classifier, batchnorm: str, stage: str) -> ParameterSummary:
+    """The summary of the classifier as it is frozen now (after :func:`tlkit.model.set_trainable`)."""
+    model = classifier.model
+    with_weights = [layer for layer in classifier.base.layers if layer.weights]
+    return ParameterSummary(
+        stage=stage, total=model.count_params(), trainable=count_params(model.trainable_weights),
+        frozen=count_params(model.non_trainable_weights), base_layers=len(with_weights),
+        trainable_base_layers=[layer.name for layer in with_weights if layer.trainable_weights],
+        batchnorm=f"{BATCHNORM_MODES[batchnorm]} (batchnorm={batchnorm}); "
+                  f"{sum(isinstance(l, keras.layers.BatchNormalization) for l in with_weights)} layers")
