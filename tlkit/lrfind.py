@@ -67,6 +67,15 @@ def suggest(learning_rates, smoothed) -> float:
     return float(max(learning_rates[lowest] / 10, learning_rates[0]))
 
 
+def check_options(recipe: Recipe, stage_number: int, start: float, end: float, steps: int) -> None:
+    if not 0 < start < end:
+        raise TlkitError(f"lr-find needs 0 < --start < --end; received start={start}, end={end}")
+    if steps < 10:
+        raise TlkitError(f"lr-find needs --steps of at least 10; received {steps}")
+    if not 1 <= stage_number <= len(recipe.stages):
+        raise TlkitError(f"--stage {stage_number}: the recipe has {len(recipe.stages)} stage(s), counted from 1")
+
+
 def sweep(classifier, recipe: Recipe, data, store, fingerprint: dict, stage_number: int = 1,
           start: float = 1e-7, end: float = 1.0, steps: int = 100) -> Sweep:
     """Run the range test for stage ``stage_number`` (counted from 1) of the recipe on ``classifier``."""
@@ -74,15 +83,10 @@ def sweep(classifier, recipe: Recipe, data, store, fingerprint: dict, stage_numb
 
     from tlkit.cache import frontier
     from tlkit.model import set_trainable
-    from tlkit.optim import make_optimizer, steps_per_epoch
+    from tlkit.optim import batches_per_epoch, make_optimizer
     from tlkit.train import Trainer, above_cut_model, feature_datasets, image_dataset, loss_for
 
-    if not 0 < start < end:
-        raise TlkitError(f"lr-find needs 0 < --start < --end; received start={start}, end={end}")
-    if steps < 10:
-        raise TlkitError(f"lr-find needs --steps of at least 10; received {steps}")
-    if not 1 <= stage_number <= len(recipe.stages):
-        raise TlkitError(f"--stage {stage_number}: the recipe has {len(recipe.stages)} stage(s), counted from 1")
+    check_options(recipe, stage_number, start, end, steps)
     index = stage_number - 1
     stage = recipe.stages[index].model_copy(update={"epochs": max(1, recipe.stages[index].epochs)})
     name = f"{stage_number}:{stage.kind}"
@@ -106,7 +110,7 @@ def sweep(classifier, recipe: Recipe, data, store, fingerprint: dict, stage_numb
         model = classifier.model
         train = image_dataset(data.splits["train"], recipe, recipe.seed)
     constant = stage.model_copy(update={"schedule": "constant", "warmup_epochs": 0.0})
-    optimizer = make_optimizer(constant, steps_per_epoch(len(data.splits["train"]), recipe.batch_size),
+    optimizer = make_optimizer(constant, batches_per_epoch(len(data.splits["train"]), recipe.batch_size),
                                classifier.base.trainable_variables)
     model.compile(optimizer, loss_for(recipe, stage.label_smoothing))
     saved = classifier.model.get_weights()
@@ -118,7 +122,7 @@ def sweep(classifier, recipe: Recipe, data, store, fingerprint: dict, stage_numb
     batches = iter(train.repeat())
     for step, rate in enumerate(rates):
         optimizer.learning_rate = float(rate)
-        loss = float(model.train_on_batch(*next(batches)))
+        loss = float(model.train_on_batch(*next(batches), return_dict=True)["loss"])
         losses.append(loss)
         average = running_average(losses)
         if not math.isfinite(loss) or average[-1] > DIVERGED * average.min():
@@ -176,6 +180,7 @@ def lr_find(recipe: Recipe, out: str | Path, *, data: str | None = None, weights
     from tlkit.runner import _fingerprint
     from tlkit.weights import resolve_weights
 
+    check_options(recipe, stage, start, end, steps)
     path = data or recipe.data.path
     if not path:
         raise TlkitError("no data: pass --data FOLDER (a folder with one sub-folder per class)")

@@ -98,7 +98,7 @@ def make_optimizer(stage, steps_per_epoch: int, base_variables=()) -> keras.opti
     return optimizer
 
 
-def steps_per_epoch(examples: int, batch_size: int) -> int:
+def batches_per_epoch(examples: int, batch_size: int) -> int:
     return max(1, math.ceil(examples / batch_size))
 
 

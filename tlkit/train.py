@@ -14,7 +14,7 @@ import tensorflow as tf
 from tlkit.cache import FeatureStore, Replicas, choose_replicas, frontier
 from tlkit.data import ImageData
 from tlkit.model import Classifier, cut_index, set_trainable
-from tlkit.optim import SmoothedSparseCrossentropy, make_optimizer, stage_callbacks, steps_per_epoch
+from tlkit.optim import SmoothedSparseCrossentropy, batches_per_epoch, make_optimizer, stage_callbacks
 from tlkit.recipe import Recipe
 from tlkit.summary import parameter_summary
 
@@ -271,7 +271,7 @@ class Trainer:
             stage_dir.mkdir(parents=True, exist_ok=True)
             (stage_dir / "parameters.txt").write_text("\n".join(summary.lines()) + "\n")
 
-        optimizer = make_optimizer(stage, steps_per_epoch(len(self.data.splits["train"]), recipe.batch_size),
+        optimizer = make_optimizer(stage, batches_per_epoch(len(self.data.splits["train"]), recipe.batch_size),
                                    base.trainable_variables)
         model.compile(optimizer, loss_for(recipe, stage.label_smoothing), metrics=["accuracy"])
         keeper.stage = name
