@@ -29,7 +29,9 @@ def sweep(args, work: Path, cache: str, *extra) -> dict:
                str(args.image_size), "--stage", str(args.stage), "--steps", str(args.steps),
                "--cache-dir", str(work / cache), *extra]
     started = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    if done.returncode:
+        sys.exit(f"lr-find failed:\n{done.stderr[-3000:]}")
     return {**json.loads((out / "lr_find.json").read_text()), "wall": time.perf_counter() - started}
 
 

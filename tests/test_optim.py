@@ -110,7 +110,7 @@ def test_discriminative_rates_scale_the_base_update_not_the_head(optimizer_name)
     full, scaled = moves(1.0), moves(0.1)
     for i, (a, b) in enumerate(zip(full, scaled)):
         expected = a * 0.1 if i < 2 else a  # base kernel and bias, then head kernel and bias
-        np.testing.assert_allclose(b, expected, rtol=1e-4, atol=1e-9)
+        np.testing.assert_allclose(b, expected, rtol=1e-4, atol=2e-7)  # float32 rounding of weights ~1
     assert np.abs(full[0]).max() > 1e-3
 
 

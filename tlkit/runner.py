@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 from contextlib import contextmanager
+import platform
 import resource
 import time
 from dataclasses import asdict, dataclass

@@ -1,12 +1,16 @@
 """What a stage trains: parameter counts as Keras counts them, the trainable base layers, the BatchNorm mode."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 import numpy as np
 
 from tlkit.model import Classifier
+
+log = logging.getLogger(__name__)
 
 BATCHNORM_MODES = {
     "frozen": "inference mode (moving statistics fixed), gamma/beta frozen",
@@ -37,6 +41,15 @@ class ParameterSummary:
                 f"  base layers training: {len(self.trainable_base_layers)} of {self.base_layers} with weights: "
                 f"{layers}",
                 f"  BatchNorm: {self.batchnorm}"]
+
+    def report(self, folder: Path | None = None) -> "ParameterSummary":
+        """Log the summary and, given a folder, write it there as parameters.txt."""
+        for line in self.lines():
+            log.info(line)
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "parameters.txt").write_text("\n".join(self.lines()) + "\n")
+        return self
 
 
 def parameter_summary(classifier: Classifier, batchnorm: str, stage: str) -> ParameterSummary:

@@ -261,15 +261,10 @@ class Trainer:
             model = classifier.model
             train = image_dataset(self.data.splits["train"], recipe, recipe.seed)
             val = image_dataset(self.data.splits["val"], recipe)
-        summary = parameter_summary(classifier, recipe.batchnorm, name)
-        report = StageReport(name, mode, reason, first, summary.trainable, summary.total, asdict(summary))
         log.info("stage %s: %s (%s)", name, mode, reason)
-        for line in summary.lines():
-            log.info(line)
         stage_dir = self.log_dir / name.replace(":", "-") if self.log_dir else None
-        if stage_dir:
-            stage_dir.mkdir(parents=True, exist_ok=True)
-            (stage_dir / "parameters.txt").write_text("\n".join(summary.lines()) + "\n")
+        summary = parameter_summary(classifier, recipe.batchnorm, name).report(stage_dir)
+        report = StageReport(name, mode, reason, first, summary.trainable, summary.total, asdict(summary))
 
         optimizer = make_optimizer(stage, batches_per_epoch(len(self.data.splits["train"]), recipe.batch_size),
                                    base.trainable_variables)
