@@ -79,7 +79,6 @@ def check_options(recipe: Recipe, stage_number: int, start: float, end: float, s
 def sweep(classifier, recipe: Recipe, data, store, fingerprint: dict, stage_number: int = 1,
           start: float = 1e-7, end: float = 1.0, steps: int = 100) -> Sweep:
     """Run the range test for stage ``stage_number`` (counted from 1) of the recipe on ``classifier``."""
-
     from tlkit.cache import frontier
     from tlkit.model import set_trainable
     from tlkit.optim import batches_per_epoch, make_optimizer
