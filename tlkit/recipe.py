@@ -168,9 +168,13 @@ def bundled_recipes() -> dict[str, Recipe]:
 
 
 def load_recipe(name_or_path: str) -> Recipe:
-    """Load a bundled recipe by name, or any recipe module by file path."""
+    """Load a bundled recipe by name, a recipe module by file path, or a run folder's resolved recipe.json."""
     path = Path(name_or_path)
     try:
+        if path.suffix == ".json":
+            if not path.is_file():
+                raise TlkitError(f"recipe file not found: {path}")
+            return Recipe.from_json(path.read_text())
         if path.suffix == ".py":
             if not path.is_file():
                 raise TlkitError(f"recipe file not found: {path}")

@@ -21,6 +21,7 @@ class RunFolder:
         self.history_file = self.path / "history.csv"
         self.metrics_file = self.path / "metrics.json"
         self.run_file = self.path / "run.json"
+        self.interruptions_file = self.path / "interruptions.json"
         self.model_file = self.path / "model.keras"
         self.export_dir = self.path / "export"
 
