@@ -50,8 +50,10 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
     import keras
     import tensorflow as tf
 
+    from tlkit.evaluate import evaluate_split
     from tlkit.export import export_savedmodel
     from tlkit.model import build_classifier
+    from tlkit.report import write_report
     from tlkit.train import Trainer, image_dataset, loss_for
 
     started = time.perf_counter()
@@ -96,6 +98,7 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
     model.save(folder.model_file)
     log.info("validation accuracy %.4f (loss %.4f); model saved to %s", metrics["val"]["accuracy"],
              metrics["val"]["loss"], folder.model_file)
+    write_report(evaluate_split(model, images, folder, recipe.batch_size), folder.path)
 
     exported = export_savedmodel(model, images.class_names, recipe.size, folder.export_dir, "model") if export else None
     folder.write_json(folder.run_file, {
