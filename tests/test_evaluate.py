@@ -15,8 +15,6 @@ from tlkit.evaluate import Evaluation, figures
 from tlkit.report import misclassified_sheet, training_curves
 from tlkit.runfolder import RunFolder
 
-from conftest import SHARED
-
 
 @pytest.fixture(scope="session")
 def tiny_run(flowers_small, weights_dir, tmp_path_factory):
@@ -28,14 +26,14 @@ def tiny_run(flowers_small, weights_dir, tmp_path_factory):
     return RunFolder(out)
 
 
-def _unseen(dest: Path, shift: int) -> Path:
+def _unseen(flowers: Path, dest: Path, shift: int) -> Path:
     """8 flowers per class the run never saw (sorted files 40-47), filed under the class `shift` places on,
     plus one corrupt JPEG and one text file."""
-    classes = sorted(p.name for p in (SHARED / "data" / "flowers5").iterdir() if p.is_dir())
+    classes = sorted(p.name for p in flowers.iterdir() if p.is_dir())
     for i, name in enumerate(classes):
         target = dest / classes[(i + shift) % len(classes)]
         target.mkdir(parents=True)
-        for f in sorted((SHARED / "data" / "flowers5" / name).iterdir())[40:48]:
+        for f in sorted((flowers / name).iterdir())[40:48]:
             (target / f.name).symlink_to(f)
     (dest / classes[0] / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     (dest / classes[0] / "notes.txt").write_text("not an image")
@@ -43,19 +41,19 @@ def _unseen(dest: Path, shift: int) -> Path:
 
 
 @pytest.fixture(scope="session")
-def unseen(tmp_path_factory):
-    return _unseen(tmp_path_factory.mktemp("unseen") / "unseen", 0)
+def unseen(shared, tmp_path_factory):
+    return _unseen(shared / "data" / "flowers5", tmp_path_factory.mktemp("unseen") / "unseen", 0)
 
 
 @pytest.fixture(scope="session")
-def relabelled(tmp_path_factory):
+def relabelled(shared, tmp_path_factory):
     """The same unseen flowers, each filed under the wrong class (the next one alphabetically)."""
-    return _unseen(tmp_path_factory.mktemp("relabelled") / "relabelled", 1)
+    return _unseen(shared / "data" / "flowers5", tmp_path_factory.mktemp("relabelled") / "relabelled", 1)
 
 
 def _evaluate(*args):
     result = CliRunner().invoke(cli, ["evaluate", *map(str, args)])
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
     return result
 
 
