@@ -132,6 +132,10 @@ def export_command(run_dir, fmt, name, version, force):
     click.echo(f"SavedModel: {path}")
 
 
+from tlkit.cli_evaluate import evaluate_command  # noqa: E402
+cli.add_command(evaluate_command)
+
+
 def main():
     cli(prog_name="tlkit")
 

@@ -93,15 +93,24 @@ def scan_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]], list[tup
     return [d.name for d in class_dirs], files, skipped
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """A file's pixels as uint8 RGB ``(size, size, 3)``: EXIF orientation applied, resized as serving does."""
+def read_pixels(path: Path) -> np.ndarray:
+    """A file's pixels as uint8 RGB ``(height, width, 3)`` at their own size, EXIF orientation applied."""
     from PIL import Image, ImageOps
 
     with Image.open(path) as image:
         image = ImageOps.exif_transpose(image)
-        image = image.convert("RGB")
-        pixels = np.asarray(image)
-    return resize_pixels(pixels, size)
+        return np.asarray(image.convert("RGB"))
+
+
+def decode_image(path: Path, size: int) -> np.ndarray:
+    """A file's pixels as uint8 RGB ``(size, size, 3)``: EXIF orientation applied, resized as serving does."""
+    return resize_pixels(read_pixels(path), size)
+
+
+def decode_failure(error: Exception) -> str:
+    """Why a file could not be decoded, on one line (the reason listed for skipped files)."""
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return f"cannot decode: {message}"
 
 
 def resize_pixels(pixels, size: int):
@@ -128,8 +137,7 @@ def decode_all(paths: list[Path], size: int, what: str) -> tuple[np.ndarray, lis
             images[i] = decode_image(paths[i], size)
             ok[i] = True
         except Exception as error:
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            failures.append((paths[i], f"cannot decode: {message}"))
+            failures.append((paths[i], decode_failure(error)))
 
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
         for _ in progress(pool.map(work, range(len(paths))), total=len(paths), desc=f"decode {what}", unit="img"):

@@ -60,8 +60,10 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
 
     from tlkit.checkpoint import Checkpoints
     from tlkit.distribute import place
+    from tlkit.evaluate import evaluate_split
     from tlkit.export import export_savedmodel
     from tlkit.model import build_classifier
+    from tlkit.report import write_report
     from tlkit.train import Trainer, image_dataset, labels_for, loss_for
 
     started = time.perf_counter()
@@ -135,6 +137,8 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
         model.save(folder.model_file)
     log.info("validation accuracy %.4f (loss %.4f); model saved to %s", metrics["val"]["accuracy"],
              metrics["val"]["loss"], folder.model_file)
+    with _timed(timings, "report"):
+        write_report(evaluate_split(model, images, folder, recipe.batch_size), folder.path)
 
     with _timed(timings, "export"):
         exported = None
