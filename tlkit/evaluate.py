@@ -102,8 +102,10 @@ def default_split(split_names) -> str:
 def predict(model, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Class probabilities ``(N, classes)`` of a Keras classifier on uint8 pixels ``(N, size, size, 3)``."""
     from tlkit.export import probabilities
+    from tlkit.model import inference
 
-    batches = [model.predict_on_batch(pixels[i:i + batch_size].astype(np.float32))
+    forward = inference(model)
+    batches = [forward(pixels[i:i + batch_size].astype(np.float32)).numpy()
                for i in progress(range(0, len(pixels), batch_size), desc="predict", unit="batch")]
     return np.asarray(probabilities(np.concatenate(batches)))
 

@@ -120,6 +120,13 @@ def unfreeze_index(recipe: Recipe, base: keras.Model, stage: FineTune) -> int:
     return len(names) - max(1, round(body * stage.unfreeze_fraction))
 
 
+def inference(model: keras.Model):
+    """``model(x, training=False)`` as one traced function for any batch size, usable outside a strategy's
+    replica context (Keras' predict splits batches across replicas under MirroredStrategy)."""
+    import tensorflow as tf
+    return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+
 def cut_index(recipe: Recipe, base: keras.Model, stage) -> int:
     """Index in ``base.layers`` of the first layer a stage trains (``len(base.layers)``: none)."""
     if isinstance(stage, FeatureExtraction):

@@ -60,11 +60,11 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
 
     from tlkit.checkpoint import Checkpoints
     from tlkit.distribute import place
-    from tlkit.evaluate import evaluate_split
+    from tlkit.evaluate import evaluate_split, predict
     from tlkit.export import export_savedmodel
     from tlkit.model import build_classifier
     from tlkit.report import write_report
-    from tlkit.train import Trainer, image_dataset, labels_for, loss_for
+    from tlkit.train import Trainer
 
     started = time.perf_counter()
     placement = place(strategy, precision)
@@ -126,11 +126,10 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
         for name in ("val", "test"):
             if name in images.splits:
                 split = images.splits[name]
-                outputs = model.predict(image_dataset(split, recipe), verbose=0)
-                labels = labels_for(split.labels, recipe)
-                predicted = (outputs[:, 0] > 0.5).astype(int) if outputs.shape[1] == 1 else outputs.argmax(axis=1)
-                metrics[name] = {"accuracy": float(np.mean(predicted == split.labels)),
-                                 "loss": float(loss_for(recipe)(labels, outputs)), "images": len(split)}
+                probs = predict(model, split.images, recipe.batch_size)
+                chosen = np.clip(probs[np.arange(len(split)), split.labels], 1e-7, 1.0)
+                metrics[name] = {"accuracy": float(np.mean(probs.argmax(axis=1) == split.labels)),
+                                 "loss": float(-np.mean(np.log(chosen))), "images": len(split)}
     metrics["accuracy"] = metrics.get("test", metrics["val"])["accuracy"]
     folder.write_json(folder.metrics_file, metrics)
     with _timed(timings, "save"):

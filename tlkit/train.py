@@ -16,7 +16,7 @@ from tlkit.cache import FeatureStore, Replicas, choose_replicas, frontier
 from tlkit.checkpoint import Checkpoints
 from tlkit.data import ImageData
 from tlkit.distribute import Placement
-from tlkit.model import Classifier, cut_index, set_trainable
+from tlkit.model import Classifier, cut_index, inference, set_trainable
 from tlkit.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ class Loop:
         self.per_example_loss = loss_for(recipe, reduction=None)
         self.sigmoid = recipe.head.activation == "sigmoid"
         self._train = tf.function(self._step, reduce_retracing=True)
-        self._predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        self._predict = inference(model)
 
     def _correct(self, y, out):
         if self.sigmoid:
@@ -183,9 +183,6 @@ class Loop:
         for x, y in self.strategy.experimental_distribute_dataset(dataset):
             totals += [float(v) for v in self._train(x, y)]
         return {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]}
-
-    def predict(self, dataset) -> np.ndarray:
-        return np.concatenate([self._predict(x).numpy() for x, _ in dataset])
 
     def evaluate(self, dataset) -> dict:
         """Loss and accuracy over a dataset, computed locally (every worker gets the same figures)."""
