@@ -216,7 +216,8 @@ class Trainer:
         best_weights = None
         if resume:
             state = resume["state"]
-            self.classifier.model.set_weights(resume["model"])
+            for variable, value in zip(self.classifier.model.variables, resume["model"]):
+                variable.assign(value)  # weights and the random generators' state (dropout, augmentation)
             best_weights = resume["best"]
             log.info("resuming at stage %d, epoch %d (%d epochs done)", state["stage"] + 1,
                      state["stage_epoch"] + 1, state["global_epoch"])
@@ -353,7 +354,7 @@ class Trainer:
                 state["stages"].append(asdict(report))
             state.update(stage_epoch=stage_epoch + 1, stage_done=done, stage_best=stage_best, wait=wait)
             if self.checkpoints is not None:
-                self.checkpoints.save(state, full.get_weights(), [v.numpy() for v in optimizer.variables],
+                self.checkpoints.save(state, [v.numpy() for v in full.variables], [v.numpy() for v in optimizer.variables],
                                       best_weights, best_changed)
             if done:
                 break
