@@ -95,7 +95,7 @@ def build_classifier(recipe: Recipe, num_classes: int, weights: ResolvedWeights)
     inputs = keras.Input((recipe.size, recipe.size, 3), name="image")
     x = augment(inputs) if augment else inputs
     x = preprocess(x)
-    x = base(x, training=False)  # BatchNorm always uses its moving statistics
+    x = base(x, training=False)  # as the Keras guide; BN inference mode is enforced by set_trainable
     outputs = head(x)
     model = keras.Model(inputs, outputs, name=f"tlkit_{recipe.base}")
     return Classifier(model, base, preprocess, augment, head)

@@ -115,7 +115,10 @@ class Recipe(_Spec):
     alpha: Optional[float] = None  # width multiplier of MobileNet bases
     image_size: Optional[int] = Field(None, ge=32)  # None: the base's default
     weights: str = "imagenet"  # imagenet | none | auto | path to a weights file
-    batchnorm: Literal["frozen", "affine"] = "frozen"  # BN always runs in inference mode; affine: gamma/beta train
+    # frozen: every BatchNorm layer stays non-trainable, so Keras runs it in inference mode and its moving
+    # statistics never move (Keras 3 ignores `base(x, training=False)` for trainable BN layers nested in a
+    # functional base). train: BN layers in unfrozen blocks train with batch statistics.
+    batchnorm: Literal["frozen", "train"] = "frozen"
     head: Head = Head()
     augment: Augment = Augment()
     data: Data = Data()

@@ -313,8 +313,9 @@ class Trainer:
         report = StageReport(name, mode, reason, first, count_params(full.trainable_weights), full.count_params())
         trainable_layers = sum(1 for layer in base.layers if layer.trainable and layer.weights)
         log.info("stage %s: %s (%s); base layers with trainable weights: %d, from %s; params trainable %s of %s; "
-                 "BatchNorm in inference mode (%s)", name, mode, reason, trainable_layers, first or "none",
-                 f"{report.trainable_params:,}", f"{report.total_params:,}", recipe.batchnorm)
+                 "BatchNorm %s", name, mode, reason, trainable_layers, first or "none",
+                 f"{report.trainable_params:,}", f"{report.total_params:,}",
+                 "frozen, inference mode" if recipe.batchnorm == "frozen" else "training in unfrozen blocks")
 
         loop = Loop(strategy, model, optimizer, recipe)
         stage_best, wait = state.get("stage_best", math.inf), state.get("wait", 0)
