@@ -80,8 +80,9 @@ def test_mirrored_strategy_over_two_logical_cpus(shapes, weights_dir, tmp_path):
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     finish(process)
     info = json.loads((run_dir / "run.json").read_text())
-    assert info["placement"] == {"strategy": "mirrored", "replicas": 2, "worker": 0, "chief": True,
-                                 "precision": "float32"}
+    placement = info["placement"]
+    assert (placement["strategy"], placement["replicas"], placement["precision"]) == ("mirrored", 2, "float32")
+    assert placement["global_batch_size"] == 2 * 16
     assert json.loads((run_dir / "metrics.json").read_text())["val"]["accuracy"] > 0.6
 
 
