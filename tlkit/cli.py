@@ -74,9 +74,12 @@ def _epochs(value: str | None, stages: int) -> list[str]:
               "[default: TLKIT_CACHE_DIR or ~/.cache/tlkit].")
 @click.option("--cache-memory", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Fraction of available RAM cached features may take; the rest is memory-mapped from disk.")
+@click.option("--export", "export_formats", default="savedmodel", show_default=True, metavar="FORMATS",
+              help="Export at the end: savedmodel, tflite, onnx (comma-separated), all or none.")
 def run_command(recipe, data, out, weights, weights_dir, epochs, batch_size, image_size, seed, assignments,
-                no_cache, cache_dir, cache_memory):
+                no_cache, cache_dir, cache_memory, export_formats):
     """Train RECIPE (a bundled name or a .py file) and write a run folder with the model and its export."""
+    from tlkit.export import parse_formats
     from tlkit.recipe import load_recipe, override
     from tlkit.runner import default_out, run
 
@@ -88,29 +91,17 @@ def run_command(recipe, data, out, weights, weights_dir, epochs, batch_size, ima
         sets.append("cache=false")
     resolved = override(resolved, sets + list(assignments))
     out = Path(out) if out else default_out(Path(recipe).stem)
-    result = run(resolved, out, data=data, weights_dir=weights_dir, cache_dir=cache_dir, cache_memory=cache_memory)
+    result = run(resolved, out, data=data, weights_dir=weights_dir, cache_dir=cache_dir, cache_memory=cache_memory,
+                 export_formats=parse_formats(export_formats))
     val = result.metrics["val"]
     click.echo(f"validation accuracy {val['accuracy']:.4f} on {val['images']} images; run folder: {result.folder}")
     if result.export:
         click.echo(f"SavedModel: {result.export}")
 
 
-@cli.command("export")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["savedmodel"]), default="savedmodel", show_default=True)
-@click.option("--name", default="model", show_default=True, help="Model name: export/NAME/VERSION.")
-@click.option("--version", type=click.IntRange(min=1), help="Version number [default: the next free one].")
-@click.option("--force", is_flag=True, help="Replace an existing version.")
-def export_command(run_dir, fmt, name, version, force):
-    """Export a run folder's model for serving."""
-    from tlkit.export import export_savedmodel
-    from tlkit.runfolder import RunFolder
-
-    folder = RunFolder.open(run_dir)
-    recipe = folder.recipe()
-    path = export_savedmodel(folder.load_model(), folder.class_names(), recipe.size, folder.export_dir, name,
-                             version, force)
-    click.echo(f"SavedModel: {path}")
+from tlkit.cli_serving import export_command, predict_command  # noqa: E402
+cli.add_command(export_command)
+cli.add_command(predict_command)
 
 
 def main():

@@ -45,12 +45,14 @@ def default_out(recipe_name: str) -> Path:
 
 
 def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir: str | None = None,
-        cache_dir: str | None = None, cache_memory: float = 0.5, export: bool = True) -> RunResult:
-    """Train a recipe end to end and write its run folder; the library entry point behind `tlkit run`."""
+        cache_dir: str | None = None, cache_memory: float = 0.5, export: bool = True,
+        export_formats: tuple[str, ...] = ("savedmodel",)) -> RunResult:
+    """Train a recipe end to end and write its run folder; the library entry point behind `tlkit run`.
+    With ``export``, the run ends with :func:`tlkit.export.export_run` in ``export_formats``."""
     import keras
     import tensorflow as tf
 
-    from tlkit.export import export_savedmodel
+    from tlkit.export import export_run
     from tlkit.model import build_classifier
     from tlkit.train import Trainer, image_dataset, loss_for
 
@@ -97,7 +99,8 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
     log.info("validation accuracy %.4f (loss %.4f); model saved to %s", metrics["val"]["accuracy"],
              metrics["val"]["loss"], folder.model_file)
 
-    exported = export_savedmodel(model, images.class_names, recipe.size, folder.export_dir, "model") if export else None
+    exports = export_run(folder, export_formats, model=model) if export else []
+    exported = next((folder.path / e.path for e in exports if e.format == "savedmodel"), None)
     folder.write_json(folder.run_file, {
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - started, 2),
