@@ -12,7 +12,7 @@ import click
 
 from tlkit.distribute import PRECISIONS, STRATEGIES
 from tlkit.errors import TlkitError
-from tlkit.progress import setup_logging
+from tlkit.progress import setup_logging, start_tensorflow
 
 
 class _Group(click.Group):
@@ -29,9 +29,12 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log more detail.")
 @click.version_option(package_name="tlkit")
-def cli(verbose):
+@click.pass_context
+def cli(ctx, verbose):
     """Transfer learning for image folders: pick a recipe, point it at your images, get a served model."""
     setup_logging(verbose)
+    if ctx.invoked_subcommand not in (None, "recipes"):
+        start_tensorflow(verbose)
 
 
 @cli.command("recipes")
