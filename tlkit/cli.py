@@ -58,7 +58,8 @@ def _epochs(value: str | None, stages: int) -> list[str]:
 
 @cli.command("run")
 @click.argument("recipe")
-@click.option("--data", help="Folder of class sub-folders (overrides the recipe's data.path).")
+@click.option("--data", help="Class folders, train/val(/test) folders, a CSV of path,label, or tfds:NAME[:SPLIT] "
+              "(overrides the recipe's data.path).")
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder to write [default: runs/RECIPE-TIME].")
 @click.option("--weights", help="imagenet | none | auto | path to a .h5 weights file.")
 @click.option("--weights-dir", type=click.Path(file_okay=False),
@@ -111,6 +112,10 @@ def export_command(run_dir, fmt, name, version, force):
     path = export_savedmodel(folder.load_model(), folder.class_names(), recipe.size, folder.export_dir, name,
                              version, force)
     click.echo(f"SavedModel: {path}")
+
+
+from tlkit.cli_data import data  # noqa: E402
+cli.add_command(data)
 
 
 def main():

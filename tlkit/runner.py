@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from tlkit.cache import FeatureStore, memory_budget
-from tlkit.data import ImageData, load_folder
+from tlkit.data import ImageData, load_data
 from tlkit.errors import TlkitError
 from tlkit.recipe import Recipe
 from tlkit.runfolder import RunFolder
@@ -57,7 +57,8 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
     started = time.perf_counter()
     path = data or recipe.data.path
     if not path:
-        raise TlkitError("no data: pass --data FOLDER (a folder with one sub-folder per class)")
+        raise TlkitError("no data: pass --data FOLDER (one sub-folder per class), a CSV of path,label, "
+                         "or tfds:NAME[:SPLIT]")
     recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"path": str(path)})})
     folder = RunFolder(out)
     if folder.run_file.exists():
@@ -69,9 +70,8 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
     log.info("base %s%s at %d px, weights: %s", recipe.base, f" (alpha {recipe.alpha})" if recipe.alpha else "",
              recipe.size, weights.describe())
 
-    images = load_folder(path, recipe.size, recipe.data.val_fraction, recipe.data.test_fraction)
-    log.info("data %s: %d classes, %s; %d file(s) skipped", images.root, len(images.class_names),
-             ", ".join(f"{k} {v}" for k, v in images.counts().items()), len(images.skipped))
+    store = FeatureStore(cache_dir, memory_budget(cache_memory))
+    images = load_data(path, recipe.size, recipe.data, store)
     folder.write_json(folder.classes_file, images.class_names)
     folder.write_csv(folder.split_file, [
         {"path": str(p), "label": images.class_names[lab], "split": name}
@@ -80,7 +80,6 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
                      ["path", "reason"])
 
     classifier = build_classifier(recipe, len(images.class_names), weights)
-    store = FeatureStore(cache_dir, memory_budget(cache_memory))
     training = Trainer(classifier, recipe, images, store, _fingerprint(recipe, weights, images)).run()
     folder.write_csv(folder.history_file, training.history)
 
@@ -102,8 +101,8 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - started, 2),
         "weights": {"requested": weights.requested, "loaded": weights.describe(), "warning": weights.warning},
-        "warnings": [w for w in [weights.warning] if w],
-        "data": {"root": str(images.root), "counts": images.counts(), "skipped": len(images.skipped)},
+        "warnings": [w for w in [weights.warning] if w] + images.warnings,
+        "data": images.summary(),
         "feature_seconds": round(training.feature_seconds, 2),
         "stages": [asdict(s) for s in training.stages],
         "best": training.best,

@@ -281,7 +281,7 @@ class Trainer:
         started = time.perf_counter()
         before = len(rows)
         model.fit(train, validation_data=val, epochs=epoch + stage.epochs, initial_epoch=epoch,
-                  callbacks=callbacks, shuffle=False, verbose=0)
+                  callbacks=callbacks, shuffle=False, verbose=0, class_weight=self.data.class_weight_by_id())
         keeper.restore()
         report.seconds = time.perf_counter() - started
         report.epochs_run = len(rows) - before
