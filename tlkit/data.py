@@ -186,7 +186,7 @@ def decode_failure(error: Exception) -> str:
     if isinstance(error, PermissionError):
         return "cannot read: permission denied"
     message = str(error).splitlines()[0] if str(error) else type(error).__name__
-    if isinstance(error, EOFError) or "truncated" in message:
+    if isinstance(error, EOFError) or "truncated" in message.lower():
         return "truncated image"
     return f"cannot decode: {message}"
 
@@ -350,9 +350,9 @@ def load_data(source: str | Path, size: int, spec: Data | None = None, store=Non
     names = listing.class_names
     if len(names) < 2:
         raise TlkitError(f"{source} has {len(names)} class; a classifier needs at least two")
-    if isinstance(spec.class_weight, dict) and set(spec.class_weight) - set(names):
-        raise TlkitError(f"data.class_weight names unknown class(es) {', '.join(sorted(set(spec.class_weight) - set(names)))}; "
-                         f"classes: {', '.join(names)}")
+    unknown = sorted(set(spec.class_weight) - set(names)) if isinstance(spec.class_weight, dict) else []
+    if unknown:
+        raise TlkitError(f"data.class_weight names unknown class(es) {', '.join(unknown)}; classes: {', '.join(names)}")
     by_split = assign_splits(listing.items, spec.val_fraction, spec.test_fraction)
     for name in SPLITS:
         if not by_split[name] and (name != "test" or spec.test_fraction > 0):
@@ -369,9 +369,8 @@ def load_data(source: str | Path, size: int, spec: Data | None = None, store=Non
             splits[name] = Split([item.origin for item in kept], labels, pixels[start:start + len(kept)])
         start += len(by_split[name])
     order = [item for name in SPLITS for item in by_split[name]]
-    data = ImageData(listing.root, names, splits,
-                     listing.skipped + [(order[p].origin, reason) for p, reason in sorted(failures.items())],
-                     str(source), listing.kind)
+    skipped = listing.skipped + [(order[p].origin, reason) for p, reason in failures.items()]
+    data = ImageData(listing.root, names, splits, sorted(skipped, key=lambda s: str(s[0])), str(source), listing.kind)
     _check(data, spec)
     data.class_weight = class_weights(spec.class_weight, names, splits["train"].labels)
     _log_summary(data)

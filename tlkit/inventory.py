@@ -64,7 +64,7 @@ def format_inventory(report: dict) -> str:
     lines += ["  ".join(cell.ljust(w) if i == 0 or i >= len(header) - 3 else cell.rjust(w)
                         for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in [header] + rows]
     ratio = report["imbalance_ratio"]
-    lines.append(f"imbalance ratio (largest / smallest class): {ratio if ratio is not None else 'n/a (a class is empty)'}")
+    lines.append(f"imbalance ratio (largest / smallest class): {'n/a (a class is empty)' if ratio is None else ratio}")
     lines += [f"warning: {w}" for w in report["warnings"]]
     if report["skipped"]:
         lines.append(f"skipped files ({len(report['skipped'])}):")

@@ -15,6 +15,8 @@ def progress(iterable=None, **kwargs):
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """Plain `tlkit: message` lines on stderr for the CLI."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="tlkit: %(message)s",
+    """Plain `tlkit: message` lines on stderr for the CLI: tlkit's own from INFO, other libraries' from WARNING
+    (DEBUG for all with --verbose)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="tlkit: %(message)s",
                         stream=sys.stderr, force=True)
+    logging.getLogger("tlkit").setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -248,10 +248,10 @@ def list_tfds(source: str) -> TfdsListing:
     except tfds.core.registered.DatasetNotFoundError:
         raise TlkitError(f"unknown TFDS dataset {name!r} in --data {source} "
                          "(names as in tfds.list_builders(), e.g. tfds:tf_flowers)") from None
-    if not builder.is_prepared():
-        _prepare(builder, source)
     image_key = _feature(builder, tfds.features.Image, "image", source)
     label_key = _feature(builder, tfds.features.ClassLabel, "label", source)
+    if not (builder.data_path / "dataset_info.json").exists():  # as is_prepared(), without its warning
+        _prepare(builder, source)
     class_names = list(builder.info.features[label_key].names)
     if split:
         origins = {split: None}
