@@ -229,8 +229,9 @@ def test_csv_source_relative_paths_missing_files_duplicates_and_header(tmp_path)
     data = load_data(tmp_path / "labels.csv", 16, Data(val_fraction=0.25))
     assert data.kind == "csv" and data.class_names == ["cat", "dog"]
     assert sum(data.counts().values()) == 16
-    assert [(p.name, r) for p, r in data.skipped] == [("gone.png", "file not found"),
-                                                      ("cat 0.png", "listed again in labels.csv (first on line 2)")]
+    assert [(p.relative_to(tmp_path).as_posix(), r) for p, r in data.skipped] == [
+        ("images/cat/cat 0.png", "listed again in labels.csv (first on line 2)"),
+        ("images/gone.png", "file not found")]
     (tmp_path / "bare.csv").write_text("\n".join(rows) + "\n")  # no header: path,label
     assert load_data(tmp_path / "bare.csv", 16, Data(val_fraction=0.25)).counts() == data.counts()
 

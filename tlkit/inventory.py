@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from tlkit.data import class_warnings, imbalance_ratio, map_images, read_image
+from tlkit.data import class_warnings, imbalance_ratio, parallel, read_image
+from tlkit.progress import progress
 from tlkit.sources import list_source
 
 
-def _shape_and_format(payload) -> tuple[int, int, str]:
-    pixels, fmt = read_image(payload)
+def _shape_and_format(pair) -> tuple[int, int, str]:
+    pixels, fmt = read_image(pair[1])
     return pixels.shape[1], pixels.shape[0], fmt
 
 
@@ -23,7 +24,8 @@ def inventory(source: str | Path, min_per_class: int = 5) -> dict:
     formats = {name: Counter() for name in listing.class_names}
     sizes = {name: [] for name in listing.class_names}
     skipped = list(listing.skipped)
-    for position, shape, reason in map_images(_shape_and_format, listing.payloads(items), len(items), "inspect"):
+    for (position, _), shape, reason in progress(parallel(_shape_and_format, listing.payloads(items)),
+                                                 total=len(items), desc="inspect", unit="img"):
         item = items[position]
         if reason:
             skipped.append((item.origin, reason))
