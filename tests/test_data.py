@@ -347,3 +347,18 @@ def test_inspect_missing_source_is_one_line_error(tmp_path):
     assert result.output.strip().splitlines() == [
         f"tlkit: error: data not found: {tmp_path / 'nowhere'} (pass --data with a folder of class sub-folders, "
         "a CSV of path,label, or tfds:NAME[:SPLIT])"]
+
+
+def test_class_weights_reach_training(shapes, tmp_path, weights_dir):
+    """Weighting one class 1000x over the others makes the trained model predict it almost everywhere."""
+    from tlkit.runner import run
+    recipe = override(load_recipe("quickstart"), [
+        "image_size=32", "stages.0.epochs=3", "stages.0.learning_rate=0.01", "stages.1.epochs=0",
+        'data.class_weight={"circle": 1, "square": 0.001, "triangle": 0.001}'])
+    result = run(recipe, tmp_path / "run", data=str(shapes), weights_dir=str(weights_dir), export=False)
+    folder = RunFolder(result.folder)
+    assert json.loads(folder.run_file.read_text())["data"]["class_weight"] == {
+        "circle": 1.0, "square": 0.001, "triangle": 0.001}
+    val = load_data(shapes, 32).splits["val"]
+    predicted = folder.load_model().predict(val.images.astype(np.float32), verbose=0).argmax(-1)
+    assert (predicted == 0).mean() > 0.9 > (val.labels == 0).mean()

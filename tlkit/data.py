@@ -370,8 +370,8 @@ def class_warnings(counts: dict[str, int], min_per_class: int) -> list[str]:
 
 def class_weights(choice, class_names: list[str], train_labels: np.ndarray) -> dict[str, float] | None:
     """``auto``: n / (classes x count), so every class weighs the same in the loss; a dict: as given, 1.0
-    for classes it leaves out; ``none``: None."""
-    if choice == "none":
+    for classes it leaves out; None: None (unweighted)."""
+    if choice is None:
         return None
     if choice == "auto":
         counts = np.bincount(train_labels, minlength=len(class_names))
