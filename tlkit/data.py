@@ -296,10 +296,15 @@ def decode_all(paths: list[Path], size: int, what: str) -> tuple[np.ndarray, lis
     return images[ok], failures, ok
 
 
+def _in_order(by_split: dict[str, list[Item]]) -> list[Item]:
+    """Items split by split (SPLITS order): the order of positions and decoded rows."""
+    return [item for name in SPLITS for item in by_split[name]]
+
+
 def _decode_into(out: np.ndarray, listing: Listing, by_split: dict[str, list[Item]], size: int) -> dict[int, str]:
     """Decode every item into ``out``: each split's images in order from the first row of its region
     (regions follow SPLITS, one row per item); return the reason for each failed position."""
-    order = [item for name in SPLITS for item in by_split[name]]
+    order = _in_order(by_split)
     region = np.repeat(np.arange(len(SPLITS)), [len(by_split[name]) for name in SPLITS])
     next_row = np.cumsum([0] + [len(by_split[name]) for name in SPLITS[:-1]])
     failures = {}
@@ -317,12 +322,12 @@ def _decode_into(out: np.ndarray, listing: Listing, by_split: dict[str, list[Ite
 def _decoded(listing: Listing, by_split: dict[str, list[Item]], size: int, store) -> tuple[np.ndarray, dict[int, str]]:
     """Decoded pixels by split region and failures by position, from the decoded-image cache when the same
     images were decoded at this size before. Held in RAM within the store's budget, else memory-mapped."""
-    order = [item for name in SPLITS for item in by_split[name]]
+    order = _in_order(by_split)
     shape = (len(order), size, size, 3)
     if store is None:
         pixels = np.empty(shape, np.uint8)
         return pixels, _decode_into(pixels, listing, by_split, size)
-    key = store.key({"decoded images": DECODER_VERSION, "size": size,
+    key = store.key({"decoded images": DECODER_VERSION, "size": size, "root": str(listing.root),
                      "items": [listing.identity(item) for item in order]})
     folder = store.root / "images" / key
     event = "reused"
@@ -403,15 +408,14 @@ def load_data(source: str | Path, size: int, spec: Data | None = None, store=Non
                              "(data.val_fraction, data.test_fraction)")
     pixels, failures = _decoded(listing, by_split, size, store)
 
-    splits, start, position = {}, 0, 0
+    splits, start = {}, 0  # each split's region of rows starts at its first item's position
     for name in SPLITS:
-        kept = [item for i, item in enumerate(by_split[name], position) if i not in failures]
-        position += len(by_split[name])
+        kept = [item for i, item in enumerate(by_split[name], start) if i not in failures]
         if by_split[name]:
             labels = np.array([item.label for item in kept], np.int32)
             splits[name] = Split([item.origin for item in kept], labels, pixels[start:start + len(kept)])
         start += len(by_split[name])
-    order = [item for name in SPLITS for item in by_split[name]]
+    order = _in_order(by_split)
     skipped = listing.skipped + [(order[p].origin, reason) for p, reason in failures.items()]
     data = ImageData(listing.root, names, splits, sorted(skipped, key=lambda s: str(s[0])), str(source), listing.kind)
     _check(data, spec)
