@@ -294,7 +294,7 @@ def test_run_folder_records_split_skipped_and_class_weights(bad_folder, tmp_path
     from tlkit.runner import run
     recipe = override(load_recipe("quickstart"), [
         "image_size=32", "stages.0.epochs=1", "stages.1.epochs=0", "data.class_weight=auto",
-        "data.val_fraction=0.3", "data.min_per_class=3"])
+        "data.val_fraction=0.3", "data.min_per_class=10"])
     result = run(recipe, tmp_path / "run", data=str(bad_folder), weights_dir=str(weights_dir), export=False)
     folder = RunFolder(result.folder)
 
@@ -305,8 +305,10 @@ def test_run_folder_records_split_skipped_and_class_weights(bad_folder, tmp_path
     rows = RunFolder.read_csv(folder.split_file)
     assert sorted(str(Path(r["path"]).relative_to(bad_folder)) for r in rows) == sorted(GOOD)
     assert all(r["label"] == Path(r["path"]).relative_to(bad_folder).parts[0] for r in rows)
-    info = json.loads(folder.run_file.read_text())["data"]
+    record = json.loads(folder.run_file.read_text())
+    info = record["data"]
     assert info["files"] == info["used"] + info["skipped"] == len(GOOD) + len(BAD)
+    assert info["warnings"] and set(info["warnings"]) <= set(record["warnings"])  # dog (8 images) < 10
     train = info["class_counts"]["train"]
     assert info["class_weight"] == pytest.approx(
         {c: sum(train.values()) / (2 * n) for c, n in train.items()}, rel=1e-5)

@@ -61,7 +61,7 @@ def test_mocked_tfds_trains_through_run_cli(tmp_path, weights_dir, online):
     assert {r["split"] for r in rows} == {"train", "val"} and {r["label"] for r in rows} <= set(FLOWERS)
     info = json.loads(folder.run_file.read_text())["data"]
     assert info["kind"] == "tfds" and info["files"] == info["used"] == 40 and info["skipped"] == 0
-    assert (out / "export" / "model" / "1" / "saved_model.pb").is_file()
+    assert (out / "export" / "model" / "1" / "assets" / "labels.txt").read_text().split() == FLOWERS
 
 
 def test_prepared_tfds_dataset_keeps_its_splits_ids_and_pixels(tfds_dir, monkeypatch):
