@@ -155,12 +155,12 @@ class FeatureStore:
         shapes = [tuple(t.shape[1:]) for t in model.outputs]
         files = [np.lib.format.open_memmap(tmp / f"{i}.npy", "w+", np.float32, (replicas, n, *s))
                  for i, s in enumerate(shapes)]
-        specs = [tf.TensorSpec(t.shape, t.dtype) for t in model.inputs]
-        forward = tf.function(lambda *x: model(x if len(x) > 1 else x[0], training=False), input_signature=specs)
+        from tlkit.model import inference
+        forward = inference(model)
         bar = progress(total=n * replicas, desc=f"features {what}", unit="img")
         for r in range(replicas):
             for start, inputs in batches(r, batch_size):
-                out = forward(*inputs) if isinstance(inputs, (list, tuple)) else forward(inputs)
+                out = forward(inputs)
                 out = out if isinstance(out, (list, tuple)) else [out]
                 for array, value in zip(files, out):
                     array[r, start:start + len(value)] = value.numpy()

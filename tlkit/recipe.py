@@ -117,7 +117,10 @@ class Recipe(_Spec):
     alpha: Optional[float] = None  # width multiplier of MobileNet bases
     image_size: Optional[int] = Field(None, ge=32)  # None: the base's default
     weights: str = "imagenet"  # imagenet | none | auto | path to a weights file
-    batchnorm: Literal["frozen", "affine"] = "frozen"  # BN always runs in inference mode; affine: gamma/beta train
+    # frozen: every BatchNorm layer stays non-trainable, so Keras runs it in inference mode and its moving
+    # statistics never move (Keras 3 ignores `base(x, training=False)` for trainable BN layers nested in a
+    # functional base). train: BN layers in unfrozen blocks train with batch statistics.
+    batchnorm: Literal["frozen", "train"] = "frozen"
     head: Head = Head()
     augment: Augment = Augment()
     data: Data = Data()
@@ -134,10 +137,11 @@ class Recipe(_Spec):
             raise ValueError(f"unknown base {value!r}; valid choices: {', '.join(sorted(BACKBONES))}")
         return value
 
-    @field_validator("weights")
+    @field_validator("weights", mode="before")
     @classmethod
     def _weights_choice(cls, value):
-        if value not in ("imagenet", "none", "auto") and not value.endswith(".h5"):
+        value = "none" if value is None else value  # as in Keras, weights=None means random init
+        if isinstance(value, str) and value not in ("imagenet", "none", "auto") and not value.endswith(".h5"):
             raise ValueError(f"weights must be imagenet, none, auto or a path to a .h5 weights file; received: {value!r}")
         return value
 
@@ -169,9 +173,13 @@ def bundled_recipes() -> dict[str, Recipe]:
 
 
 def load_recipe(name_or_path: str) -> Recipe:
-    """Load a bundled recipe by name, or any recipe module by file path."""
+    """Load a bundled recipe by name, a recipe module by file path, or a run folder's resolved recipe.json."""
     path = Path(name_or_path)
     try:
+        if path.suffix == ".json":
+            if not path.is_file():
+                raise TlkitError(f"recipe file not found: {path}")
+            return Recipe.from_json(path.read_text())
         if path.suffix == ".py":
             if not path.is_file():
                 raise TlkitError(f"recipe file not found: {path}")

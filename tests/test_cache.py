@@ -1,0 +1,67 @@
+"""Cached features: the same model as a full forward pass, reused only when nothing they depend on changed."""
+import json
+
+import numpy as np
+import pytest
+
+from tlkit import load_recipe, override, run
+
+
+def _recipe(*sets):
+    return override(load_recipe("quickstart"), [
+        "weights=imagenet", "image_size=96", "augment.flip=none", "head.dropout=0", "batch_size=16",
+        "stages.0.epochs=2", "stages.1.epochs=2", "stages.1.learning_rate=1e-4", "stages.1.unfreeze_blocks=3",
+        *sets])
+
+
+def _final_weights(result):
+    import keras
+    return [w.numpy() for w in keras.saving.load_model(result.folder / "model.keras").weights]
+
+
+@pytest.fixture(scope="module")
+def cached_run(flowers_small, weights_dir, tmp_path_factory):
+    return run(_recipe(), tmp_path_factory.mktemp("r") / "cached", data=str(flowers_small),
+               weights_dir=str(weights_dir), cache_dir=str(tmp_path_factory.mktemp("cache")))
+
+
+def test_cached_and_full_forward_training_give_the_same_model(cached_run, flowers_small, weights_dir, tmp_path):
+    plain = run(_recipe("cache=false"), tmp_path / "plain", data=str(flowers_small), weights_dir=str(weights_dir))
+    info = [json.loads((r.folder / "run.json").read_text()) for r in (cached_run, plain)]
+    assert [s["mode"] for s in info[0]["stages"]] == ["cached", "cached"]
+    assert [s["mode"] for s in info[1]["stages"]] == ["full forward", "full forward"]
+    cached, full = _final_weights(cached_run), _final_weights(plain)
+    assert [w.shape for w in cached] == [w.shape for w in full]
+    worst = max(float(np.max(np.abs(c - f))) for c, f in zip(cached, full))
+    print(f"largest weight difference cached vs full forward: {worst:.2e}")
+    assert worst < 1e-3
+    from tlkit.model import build_classifier
+    from tlkit.weights import resolve_weights
+    recipe = _recipe()
+    start = build_classifier(recipe, 5, resolve_weights(recipe.base, recipe.alpha, recipe.size, "imagenet",
+                                                        str(weights_dir))).model
+    moved = [w.path for w, final in zip(start.weights, cached) if not np.allclose(w.numpy(), final)]
+    assert any(p.startswith("head/") for p in moved) and any(p.startswith("block_16") for p in moved)
+    history = [(r.folder / "history.csv").read_text().splitlines() for r in (cached_run, plain)]
+    assert len(history[0]) == len(history[1]) == 5
+    assert cached_run.metrics["val"]["accuracy"] == pytest.approx(plain.metrics["val"]["accuracy"], abs=0.03)
+
+
+def test_cache_is_reused_only_when_nothing_changed(cached_run, flowers_small, weights_dir, tmp_path):
+    cache_dir = json.loads((cached_run.folder / "run.json").read_text())["cache"][0]["folder"].rsplit("/", 1)[0]
+    again = run(_recipe(), tmp_path / "again", data=str(flowers_small), weights_dir=str(weights_dir),
+                cache_dir=cache_dir)
+    events = json.loads((again.folder / "run.json").read_text())["cache"]
+    assert [e["event"] for e in events] == ["reused"] * 4
+    moved = run(_recipe("stages.1.unfreeze_blocks=2", "stages.0.epochs=1", "stages.1.epochs=1"),
+                tmp_path / "moved", data=str(flowers_small), weights_dir=str(weights_dir), cache_dir=cache_dir)
+    events = json.loads((moved.folder / "run.json").read_text())["cache"]
+    assert [e["event"] for e in events] == ["computed", "computed", "reused", "reused"]  # new cut, same top
+
+
+def test_features_stream_from_disk_beyond_the_memory_budget(flowers_small, weights_dir, tmp_path):
+    result = run(_recipe("stages.0.epochs=1", "stages.1.epochs=1"), tmp_path / "disk", data=str(flowers_small),
+                 weights_dir=str(weights_dir), cache_dir=str(tmp_path / "c"), cache_memory=0.0)
+    events = json.loads((result.folder / "run.json").read_text())["cache"]
+    assert {e["where"] for e in events} == {"disk (memory-mapped)"}
+    assert result.metrics["val"]["accuracy"] > 0.4

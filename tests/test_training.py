@@ -1,0 +1,113 @@
+"""Two-stage training on real photos with real ImageNet weights: what moves, what must not, and whether
+pretrained features pay off."""
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tlkit import load_recipe, override, run
+from tlkit.cache import FeatureStore
+from tlkit.data import load_data
+from tlkit.distribute import place
+from tlkit.model import build_classifier, cut_index
+from tlkit.train import Trainer
+from tlkit.weights import resolve_weights
+
+
+def _recipe(*sets):
+    return override(load_recipe("quickstart"), ["image_size=128", "stages.0.epochs=10", "stages.1.epochs=2",
+                                                "stages.1.learning_rate=1e-4", *sets])
+
+
+def _weights(model):
+    return {w.path: w.numpy() for w in model.weights}
+
+
+def _trainer(classifier, recipe, data, tmp_path, placement):
+    from tlkit.runner import _fingerprint
+    weights = resolve_weights(recipe.base, recipe.alpha, recipe.size, recipe.weights)
+    return Trainer(classifier, recipe, data, FeatureStore(tmp_path / "cache"), _fingerprint(recipe, weights, data),
+                   placement)
+
+
+@pytest.mark.parametrize("base,alpha,unfreeze", [("mobilenet_v2", 0.35, "stages.1.unfreeze_blocks=3"),
+                                                 ("mobilenet", 0.25, "stages.1.unfreeze_blocks=2")])
+def test_stages_move_only_what_they_unfreeze(base, alpha, unfreeze, flowers_small, weights_dir, tmp_path,
+                                             monkeypatch):
+    monkeypatch.setenv("TLKIT_WEIGHTS_DIR", str(weights_dir))
+    recipe = _recipe(f"base={base}", f"alpha={alpha}", "weights=imagenet", unfreeze)
+    data = load_data(flowers_small, recipe.size, recipe.data)
+    weights = resolve_weights(recipe.base, recipe.alpha, recipe.size, recipe.weights)
+    placement = place("cpu", "float32")
+    with placement.strategy.scope():
+        classifier = build_classifier(recipe, len(data.class_names), weights)
+    base_model = classifier.base
+    start = _weights(base_model)
+
+    stage_one = override(recipe, ["stages.1.epochs=0"])
+    _trainer(classifier, stage_one, data, tmp_path, placement).run()
+    after_one = _weights(base_model)
+    assert all(np.array_equal(start[k], after_one[k]) for k in start), "stage 1 changed the frozen base"
+
+    stage_two = override(recipe, ["stages.0.epochs=0"])
+    _trainer(classifier, stage_two, data, tmp_path, placement).run()
+    after_two = _weights(base_model)
+    cut = cut_index(recipe, base_model, recipe.stages[1])
+    frozen = {w.path for layer in base_model.layers[:cut] for w in layer.weights}
+    bn_stats = {w.path for layer in base_model.layers if isinstance(layer, keras.layers.BatchNormalization)
+                for w in (layer.moving_mean, layer.moving_variance)}
+    unfrozen_kernels = {w.path for layer in base_model.layers[cut:] if layer.trainable for w in layer.trainable_weights}
+    changed = {k for k in start if not np.array_equal(after_one[k], after_two[k])}
+    assert frozen and not changed & frozen, "stage 2 changed layers below the cut"
+    assert bn_stats and not changed & bn_stats, "BatchNorm moving statistics moved"
+    assert changed and changed <= unfrozen_kernels
+    assert len(changed) >= len(unfrozen_kernels) // 2
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(flowers_small, weights_dir, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TLKIT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        return run(_recipe("weights=imagenet"), tmp_path_factory.mktemp("runs") / "pretrained",
+                   data=str(flowers_small), weights_dir=str(weights_dir))
+
+
+def test_pretrained_beats_random_init_by_15_points(pretrained_run, flowers_small, tmp_path):
+    scratch = run(_recipe("weights=none"), tmp_path / "scratch", data=str(flowers_small))
+    pretrained, random_init = pretrained_run.metrics["val"]["accuracy"], scratch.metrics["val"]["accuracy"]
+    print(f"pretrained {pretrained:.3f} vs random init {random_init:.3f}")
+    assert pretrained >= random_init + 0.15
+    assert pretrained >= 0.5  # five classes: chance is 0.2
+
+
+def test_run_folder_holds_everything(pretrained_run):
+    folder = pretrained_run.folder
+    for name in ("recipe.json", "classes.json", "split.csv", "skipped.csv", "history.csv", "metrics.json",
+                 "run.json", "model.keras"):
+        assert (folder / name).is_file(), name
+    assert json.loads((folder / "classes.json").read_text()) == ["daisy", "dandelion", "rose", "sunflower", "tulip"]
+    history = (folder / "history.csv").read_text().splitlines()
+    assert history[0].startswith("stage,epoch,") and any(l.startswith("2:fine_tune") for l in history[1:])
+    info = json.loads((folder / "run.json").read_text())
+    assert [s["mode"] for s in info["stages"]] == ["cached x2", "cached x2"]
+    assert info["weights"]["loaded"].endswith("0.35_224_no_top.h5")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["accuracy"] == pretrained_run.metrics["val"]["accuracy"]
+    # the final model is never worse than the best epoch seen: it is the best epoch
+    best_val_loss = min(float(l.split(",")[history[0].split(",").index("val_loss")]) for l in history[1:])
+    assert metrics["val"]["loss"] == pytest.approx(best_val_loss, rel=1e-3)
+
+
+def test_saved_model_answers_raw_images_like_the_keras_model(pretrained_run, shared):
+    loaded = tf.saved_model.load(str(pretrained_run.export))
+    model = keras.saving.load_model(pretrained_run.folder / "model.keras")
+    from tlkit.data import decode_image
+    photos = sorted((shared / "data" / "imagenet_samples").glob("*.jpg"))
+    answer = loaded.signatures["serving_default"](images=tf.constant([p.read_bytes() for p in photos]))
+    probabilities = answer["probabilities"].numpy()
+    assert probabilities.shape == (len(photos), 5)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    pixels = np.stack([decode_image(p, 128) for p in photos]).astype("float32")
+    np.testing.assert_allclose(model.predict(pixels, verbose=0), probabilities, atol=2e-2)
