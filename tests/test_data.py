@@ -283,7 +283,9 @@ def test_decoded_images_are_cached_and_memory_mapped_over_budget(tmp_path, shape
     roomy = FeatureStore(tmp_path / "cache", budget_bytes=10**9)
     first = load_data(shapes, 32, Data(), roomy)
     again = load_data(shapes, 32, Data(), FeatureStore(tmp_path / "cache", budget_bytes=0))
-    assert [e["event"] for e in roomy.events] == ["computed"] and roomy.events[0]["where"] == "RAM"
+    assert (first.decoded["event"], first.decoded["where"]) == ("computed", "RAM")
+    assert (again.decoded["event"], again.decoded["where"]) == ("reused", "disk (memory-mapped)")
+    assert roomy.used == first.decoded["bytes"]  # the RAM it holds counts against the shared budget
     train = again.splits["train"]
     assert isinstance(train.images, np.memmap)  # over budget: read from disk, same interface
     assert np.array_equal(train.images[np.array([3, 0, 7])], first.splits["train"].images[[3, 0, 7]])

@@ -57,6 +57,7 @@ class ImageData:
     kind: str = "class folders"
     warnings: list[str] = field(default_factory=list)
     class_weight: dict[str, float] | None = None  # by class name; None: unweighted
+    decoded: dict | None = None  # the decoded-image cache: computed or reused, held in RAM or on disk
 
     def counts(self) -> dict[str, int]:
         return {name: len(split) for name, split in self.splits.items()}
@@ -79,7 +80,7 @@ class ImageData:
                 "files": used + len(self.skipped), "used": used, "skipped": len(self.skipped),
                 "counts": self.counts(), "class_counts": self.class_counts(),
                 "imbalance_ratio": imbalance_ratio(self.class_counts()["train"]), "class_weight": self.class_weight,
-                "warnings": self.warnings}
+                "decoded_images": self.decoded, "warnings": self.warnings}
 
     def fingerprint(self) -> dict:
         """Identity of every image per split (file: relative path, size, mtime; TFDS: its id under ``root``,
@@ -319,14 +320,16 @@ def _decode_into(out: np.ndarray, listing: Listing, by_split: dict[str, list[Ite
     return failures
 
 
-def _decoded(listing: Listing, by_split: dict[str, list[Item]], size: int, store) -> tuple[np.ndarray, dict[int, str]]:
-    """Decoded pixels by split region and failures by position, from the decoded-image cache when the same
-    images were decoded at this size before. Held in RAM within the store's budget, else memory-mapped."""
+def _decoded(listing: Listing, by_split: dict[str, list[Item]], size: int,
+             store) -> tuple[np.ndarray, dict[int, str], dict | None]:
+    """Decoded pixels by split region, failures by position, and what the cache did: from the decoded-image
+    cache when the same images were decoded at this size before, held in RAM within the store's budget
+    (which it shares with the feature cache), else memory-mapped."""
     order = _in_order(by_split)
     shape = (len(order), size, size, 3)
     if store is None:
         pixels = np.empty(shape, np.uint8)
-        return pixels, _decode_into(pixels, listing, by_split, size)
+        return pixels, _decode_into(pixels, listing, by_split, size), None
     key = store.key({"decoded images": DECODER_VERSION, "size": size, "root": str(listing.root),
                      "items": [listing.identity(item) for item in order]})
     folder = store.root / "images" / key
@@ -350,10 +353,8 @@ def _decoded(listing: Listing, by_split: dict[str, list[Item]], size: int, store
         pixels = np.array(pixels)
         store.used += pixels.nbytes
         where = "RAM"
-    store.events.append({"what": f"decoded images {size}px", "key": key, "event": event, "bytes": pixels.nbytes,
-                         "where": where, "folder": str(folder)})
     log.info("decoded images: %s, %.1f MB in %s", event, pixels.nbytes / 1e6, where)
-    return pixels, failures
+    return pixels, failures, {"event": event, "bytes": pixels.nbytes, "where": where, "folder": str(folder)}
 
 
 # === Checks and weights ===
@@ -406,7 +407,7 @@ def load_data(source: str | Path, size: int, spec: Data | None = None, store=Non
         if not by_split[name] and (name != "test" or spec.test_fraction > 0):
             raise TlkitError(f"the {name} split of {source} is empty; add images or change the split fractions "
                              "(data.val_fraction, data.test_fraction)")
-    pixels, failures = _decoded(listing, by_split, size, store)
+    pixels, failures, decoded = _decoded(listing, by_split, size, store)
 
     splits, start = {}, 0  # each split's region of rows starts at its first item's position
     for name in SPLITS:
@@ -417,7 +418,8 @@ def load_data(source: str | Path, size: int, spec: Data | None = None, store=Non
         start += len(by_split[name])
     order = _in_order(by_split)
     skipped = listing.skipped + [(order[p].origin, reason) for p, reason in failures.items()]
-    data = ImageData(listing.root, names, splits, sorted(skipped, key=lambda s: str(s[0])), str(source), listing.kind)
+    data = ImageData(listing.root, names, splits, sorted(skipped, key=lambda s: str(s[0])), str(source), listing.kind,
+                     decoded=decoded)
     _check(data, spec)
     data.class_weight = class_weights(spec.class_weight, names, splits["train"].labels)
     _log_summary(data)
