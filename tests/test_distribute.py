@@ -80,8 +80,9 @@ def test_mirrored_strategy_over_two_logical_cpus(shapes, weights_dir, tmp_path):
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     finish(process)
     info = json.loads((run_dir / "run.json").read_text())
-    assert info["placement"] == {"strategy": "mirrored", "replicas": 2, "worker": 0, "chief": True,
-                                 "precision": "float32"}
+    placement = info["placement"]
+    assert (placement["strategy"], placement["replicas"], placement["precision"]) == ("mirrored", 2, "float32")
+    assert placement["global_batch_size"] == 2 * 16
     assert json.loads((run_dir / "metrics.json").read_text())["val"]["accuracy"] > 0.6
 
 
@@ -166,3 +167,79 @@ def test_mixed_bfloat16_trains_and_exports_like_float32(shapes, weights_dir, tmp
 def test_gpu_strategy_is_a_clear_error_without_a_gpu():
     result = CliRunner().invoke(cli, ["run", "quickstart", "--strategy", "gpu", "--out", "/tmp/never"])
     assert result.exit_code == 2 and "sees no GPU" in result.output
+
+
+class _FakeGPU:
+    def __init__(self, name):
+        self.name, self.device_type = name, "GPU"
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """Pretend TensorFlow sees GPUs: detection, memory growth and the strategy constructors are recorded."""
+    import tensorflow as tf
+
+    import tlkit.distribute as distribute
+    calls = {"growth": [], "strategies": []}
+
+    def install(count, capability=(8, 0)):
+        gpus = [_FakeGPU(f"/physical_device:GPU:{i}") for i in range(count)]
+        monkeypatch.setattr(distribute, "_gpus", lambda: gpus)
+        monkeypatch.setattr(tf.config.experimental, "set_memory_growth", lambda d, on: calls["growth"].append(d.name))
+        monkeypatch.setattr(tf.config.experimental, "get_device_details",
+                            lambda d: {"compute_capability": capability})
+        monkeypatch.setattr(tf.config, "list_logical_devices",
+                            lambda kind=None: [_FakeGPU(f"/device:GPU:{i}") for i in range(count)] if kind == "GPU" else [])
+        for name in ("MirroredStrategy", "OneDeviceStrategy", "MultiWorkerMirroredStrategy"):
+            monkeypatch.setattr(tf.distribute, name,
+                                lambda *a, _name=name: calls["strategies"].append((_name, a)) or _name)
+        return calls
+    return install
+
+
+def test_one_gpu_gets_memory_growth_and_its_own_strategy(fake_gpus):
+    from tlkit.distribute import choose_precision, choose_strategy
+    calls = fake_gpus(1)
+    assert choose_strategy("auto") == ("OneDeviceStrategy", "gpu")
+    assert calls["strategies"] == [("OneDeviceStrategy", ("/gpu:0",))]
+    assert calls["growth"] == ["/physical_device:GPU:0"]
+    assert choose_precision("auto") == "mixed_float16"
+
+
+def test_several_gpus_are_mirrored(fake_gpus):
+    from tlkit.distribute import choose_strategy
+    calls = fake_gpus(4)
+    assert choose_strategy("auto") == ("MirroredStrategy", "mirrored")
+    assert calls["strategies"] == [("MirroredStrategy", ([f"/device:GPU:{i}" for i in range(4)],))]
+    assert len(calls["growth"]) == 4
+
+
+def test_tf_config_means_multiworker_even_with_gpus(fake_gpus, monkeypatch):
+    from tlkit.distribute import choose_strategy
+    fake_gpus(2)
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    assert choose_strategy("auto") == ("MultiWorkerMirroredStrategy", "multiworker")
+
+
+def test_old_gpus_and_cpus_train_in_float32(fake_gpus):
+    from tlkit.distribute import choose_precision
+    fake_gpus(1, capability=(6, 1))
+    assert choose_precision("auto") == "float32"
+
+
+def test_mixed_float16_scales_the_loss(shapes, weights_dir, tmp_path):
+    """The GPU precision path (loss scaling) runs on the CPU too, slowly but correctly."""
+    result = CliRunner().invoke(cli, ["run", "quickstart", "--out", str(tmp_path / "run"), "--weights-dir",
+                                      str(weights_dir), "--precision", "mixed_float16", "--image-size", "48",
+                                      "--epochs", "2,1"])
+    import keras
+    keras.mixed_precision.set_global_policy("float32")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["val"]["accuracy"] > 0.5
+
+
+def test_multiworker_without_a_cluster_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    result = CliRunner().invoke(cli, ["run", "quickstart", "--strategy", "multiworker", "--out", "/tmp/never"])
+    assert result.exit_code == 2 and "needs TF_CONFIG" in result.output

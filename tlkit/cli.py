@@ -12,7 +12,7 @@ import click
 
 from tlkit.distribute import PRECISIONS, STRATEGIES
 from tlkit.errors import TlkitError
-from tlkit.progress import setup_logging
+from tlkit.progress import setup_logging, start_tensorflow
 
 
 class _Group(click.Group):
@@ -29,9 +29,12 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log more detail.")
 @click.version_option(package_name="tlkit")
-def cli(verbose):
+@click.pass_context
+def cli(ctx, verbose):
     """Transfer learning for image folders: pick a recipe, point it at your images, get a served model."""
     setup_logging(verbose)
+    if ctx.invoked_subcommand not in (None, "recipes"):
+        start_tensorflow(verbose)
 
 
 @cli.command("recipes")
@@ -82,9 +85,12 @@ def _epochs(value: str | None, stages: int) -> list[str]:
               help="auto: mixed_float16 on GPUs with tensor cores, else float32.")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False),
               help="Continue the unfinished run in this folder (rerunning with the same --out does too).")
+@click.option("--export", "export_formats", default="savedmodel", show_default=True, metavar="FORMATS",
+              help="Export at the end: savedmodel, tflite, onnx (comma-separated), all or none.")
 def run_command(recipe, data, out, weights, weights_dir, epochs, batch_size, image_size, seed, assignments,
-                no_cache, cache_dir, cache_memory, strategy, precision, resume_dir):
+                no_cache, cache_dir, cache_memory, strategy, precision, resume_dir, export_formats):
     """Train RECIPE (a bundled name or a .py file) and write a run folder with the model and its export."""
+    from tlkit.export import parse_formats
     from tlkit.recipe import load_recipe, override
     from tlkit.runfolder import RunFolder
     from tlkit.runner import default_out, run
@@ -108,29 +114,16 @@ def run_command(recipe, data, out, weights, weights_dir, epochs, batch_size, ima
     resolved = override(resolved, sets + list(assignments))
     out = Path(out) if out else default_out(Path(recipe).stem)
     result = run(resolved, out, data=data, weights_dir=weights_dir, cache_dir=cache_dir, cache_memory=cache_memory,
-                 strategy=strategy, precision=precision)
+                 strategy=strategy, precision=precision, export_formats=parse_formats(export_formats))
     val = result.metrics["val"]
     click.echo(f"validation accuracy {val['accuracy']:.4f} on {val['images']} images; run folder: {result.folder}")
     if result.export:
         click.echo(f"SavedModel: {result.export}")
 
 
-@cli.command("export")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["savedmodel"]), default="savedmodel", show_default=True)
-@click.option("--name", default="model", show_default=True, help="Model name: export/NAME/VERSION.")
-@click.option("--version", type=click.IntRange(min=1), help="Version number [default: the next free one].")
-@click.option("--force", is_flag=True, help="Replace an existing version.")
-def export_command(run_dir, fmt, name, version, force):
-    """Export a run folder's model for serving."""
-    from tlkit.export import export_savedmodel
-    from tlkit.runfolder import RunFolder
-
-    folder = RunFolder.open(run_dir)
-    recipe = folder.recipe()
-    path = export_savedmodel(folder.load_model(), folder.class_names(), recipe.size, folder.export_dir, name,
-                             version, force)
-    click.echo(f"SavedModel: {path}")
+from tlkit.cli_serving import export_command, predict_command  # noqa: E402
+cli.add_command(export_command)
+cli.add_command(predict_command)
 
 
 from tlkit.cli_data import data  # noqa: E402

@@ -49,11 +49,13 @@ def default_out(recipe_name: str) -> Path:
 
 
 def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir: str | None = None,
-        cache_dir: str | None = None, cache_memory: float = 0.5, export: bool = True, strategy: str = "auto",
+        cache_dir: str | None = None, cache_memory: float = 0.5, export: bool = True,
+        export_formats: tuple[str, ...] = ("savedmodel",), strategy: str = "auto",
         precision: str = "auto") -> RunResult:
     """Train a recipe end to end and write its run folder; the library entry point behind `tlkit run`.
 
-    If ``out`` holds an unfinished run with a checkpoint, it continues from there with that run's recipe.
+    With ``export``, the run ends with :func:`tlkit.export.export_run` in ``export_formats``. If ``out``
+    holds an unfinished run with a checkpoint, it continues from there with that run's recipe.
     """
     import keras
     import tensorflow as tf
@@ -61,7 +63,7 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
     from tlkit.checkpoint import Checkpoints
     from tlkit.distribute import place
     from tlkit.evaluate import evaluate_split, predict
-    from tlkit.export import export_savedmodel
+    from tlkit.export import export_run
     from tlkit.model import build_classifier
     from tlkit.report import write_report
     from tlkit.train import Trainer
@@ -139,9 +141,8 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
         write_report(evaluate_split(model, images, folder, recipe.batch_size), folder.path)
 
     with _timed(timings, "export"):
-        exported = None
-        if export and placement.is_chief:
-            exported = export_savedmodel(model, images.class_names, recipe.size, folder.export_dir, "model")
+        exports = export_run(folder, export_formats, model=model) if export and placement.is_chief else []
+    exported = next((folder.path / e.path for e in exports if e.format == "savedmodel"), None)
     folder.write_json(folder.run_file, {
         "finished": _now(),
         "seconds": round(time.perf_counter() - started, 2),
@@ -150,7 +151,8 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
         "weights": {"requested": weights.requested, "loaded": weights.describe(), "warning": weights.warning},
         "warnings": [w for w in [weights.warning] if w] + images.warnings,
         "data": images.summary(),
-        "placement": placement.describe(),
+        "placement": {**placement.describe(), "global_batch_size": recipe.batch_size * placement.replicas,
+                      "learning_rate_rule": "the recipe's rates, unscaled: batch_size is per replica"},
         "feature_seconds": round(training.feature_seconds, 2),
         "stages": [asdict(s) for s in training.stages],
         "best": training.best,

@@ -16,7 +16,7 @@ from tlkit.cache import FeatureStore, Replicas, choose_replicas, frontier
 from tlkit.checkpoint import Checkpoints
 from tlkit.data import ImageData
 from tlkit.distribute import Placement
-from tlkit.model import Classifier, cut_index, inference, set_trainable
+from tlkit.model import Classifier, cut_index, set_trainable
 from tlkit.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -157,8 +157,8 @@ class Loop:
         self.class_weight = None if class_weight is None else tf.constant(
             [class_weight[i] for i in range(len(class_weight))], tf.float32)  # training loss weight per class
         self.sigmoid = recipe.head.activation == "sigmoid"
-        self._train = tf.function(self._step, reduce_retracing=True)
-        self._predict = inference(model)
+        self._train_epoch = tf.function(self._epoch)
+        self._evaluate_epoch = tf.function(self._evaluate)
 
     def _correct(self, y, out):
         if self.sigmoid:
@@ -179,23 +179,29 @@ class Loop:
         self.optimizer.apply(tape.gradient(scaled, variables), variables)
         return tf.reduce_sum(losses), self._correct(y, out), tf.cast(tf.shape(losses)[0], tf.float32)
 
-    def _step(self, x, y):
-        sums = self.strategy.run(self._replica_step, args=(x, y))
-        return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, s, axis=None) for s in sums]
+    def _epoch(self, batches):
+        """One pass over a distributed dataset, the loop inside the graph (no Python per step)."""
+        totals = tf.zeros(3)
+        for x, y in batches:
+            sums = self.strategy.run(self._replica_step, args=(x, y))
+            totals += tf.stack([self.strategy.reduce(tf.distribute.ReduceOp.SUM, s, axis=None) for s in sums])
+        return totals
 
     def train_epoch(self, dataset) -> dict:
-        totals = np.zeros(3)
-        for x, y in self.strategy.experimental_distribute_dataset(dataset):
-            totals += [float(v) for v in self._train(x, y)]
+        totals = self._train_epoch(self.strategy.experimental_distribute_dataset(dataset)).numpy()
         return {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]}
+
+    def _evaluate(self, batches):
+        totals = tf.zeros(3)
+        for x, y in batches:
+            out = tf.cast(self.model(x, training=False), tf.float32)
+            totals += tf.stack([tf.reduce_sum(self.per_example_loss(y, out)), self._correct(y, out),
+                                tf.cast(tf.shape(y)[0], tf.float32)])
+        return totals
 
     def evaluate(self, dataset) -> dict:
         """Loss and accuracy over a dataset, computed locally (every worker gets the same figures)."""
-        totals = np.zeros(3)
-        for x, y in dataset:
-            out = tf.cast(self._predict(x), tf.float32)
-            totals += [float(tf.reduce_sum(self.per_example_loss(y, out))), float(self._correct(y, out)),
-                       float(tf.shape(y)[0])]
+        totals = self._evaluate_epoch(dataset).numpy()
         return {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]}
 
 
