@@ -221,7 +221,7 @@ def test_folders_map_labels_by_class_name_and_list_unreadable_files(tiny_run, un
     # the same predictions, each image's true class moved one class on
     assert wrong["confusion_matrix"] == np.roll(right["confusion_matrix"], 1, axis=0).tolist()
     assert [(Path(s["path"]).name, s["reason"].split(":")[0]) for s in right["skipped"]] == [
-        ("broken.jpg", "cannot decode"), ("notes.txt", "not an image file (extension .txt)")]
+        ("broken.jpg", "corrupt JPEG image (unreadable header)"), ("notes.txt", "not an image (unrecognised format)")]
     # the report went to RUN/evaluations/FOLDER; its pictures differ from the other folder's
     folder = RunFolder(tiny_run.path / "evaluations" / unseen.name)
     assert right["report"] == str(folder.report_file)

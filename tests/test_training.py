@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from tlkit import load_recipe, override, run
 from tlkit.cache import FeatureStore
-from tlkit.data import load_folder
+from tlkit.data import load_data
 from tlkit.distribute import place
 from tlkit.model import build_classifier, cut_index
 from tlkit.train import Trainer
@@ -38,7 +38,7 @@ def test_stages_move_only_what_they_unfreeze(base, alpha, unfreeze, flowers_smal
                                              monkeypatch):
     monkeypatch.setenv("TLKIT_WEIGHTS_DIR", str(weights_dir))
     recipe = _recipe(f"base={base}", f"alpha={alpha}", "weights=imagenet", unfreeze)
-    data = load_folder(flowers_small, recipe.size, recipe.data.val_fraction)
+    data = load_data(flowers_small, recipe.size, recipe.data)
     weights = resolve_weights(recipe.base, recipe.alpha, recipe.size, recipe.weights)
     placement = place("cpu", "float32")
     with placement.strategy.scope():

@@ -62,7 +62,8 @@ def _epochs(value: str | None, stages: int) -> list[str]:
 
 @cli.command("run")
 @click.argument("recipe", required=False)
-@click.option("--data", help="Folder of class sub-folders (overrides the recipe's data.path).")
+@click.option("--data", help="Class folders, train/val(/test) folders, a CSV of path,label, or tfds:NAME[:SPLIT] "
+              "(overrides the recipe's data.path).")
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder to write [default: runs/RECIPE-TIME].")
 @click.option("--weights", help="imagenet | none | auto | path to a .h5 weights file.")
 @click.option("--weights-dir", type=click.Path(file_okay=False),
@@ -125,7 +126,9 @@ cli.add_command(export_command)
 cli.add_command(predict_command)
 
 
+from tlkit.cli_data import data  # noqa: E402
 from tlkit.cli_evaluate import evaluate_command  # noqa: E402
+cli.add_command(data)
 cli.add_command(evaluate_command)
 
 

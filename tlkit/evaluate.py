@@ -72,6 +72,7 @@ class Evaluation:
     top_k: int = 5
     run: RunFolder | None = None  # the run the model came from: its training history goes in the report
     report_dir: Path | None = None  # where `tlkit evaluate` writes the report unless told otherwise
+    images: np.ndarray | None = None  # decoded pixels in the order of paths, when at hand (TFDS has no files)
 
     @cached_property
     def figures(self) -> dict:
@@ -115,7 +116,8 @@ def evaluate_split(model, data: ImageData, run: RunFolder, batch_size: int = 32)
     name = default_split(data.splits)
     split = data.splits[name]
     return Evaluation(str(run.path), f"{name} split", data.class_names, split.paths, split.labels,
-                      predict(model, split.images, batch_size), list(data.skipped), run=run, report_dir=run.path)
+                      predict(model, split.images, batch_size), list(data.skipped), run=run, report_dir=run.path,
+                      images=split.images)
 
 
 def evaluate(model: str | Path, data: str | Path | None = None, *, top_k: int = 5,

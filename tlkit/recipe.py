@@ -59,11 +59,13 @@ class Augment(_Spec):
 
 
 class Data(_Spec):
-    """Where images come from and how they are split."""
+    """Where images come from, how they are split, and how classes are weighted."""
 
-    path: Optional[str] = None  # folder of class sub-folders; --data overrides
-    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    path: Optional[str] = None  # class folders, train/val(/test) folders, a CSV of path,label, or tfds:NAME[:SPLIT]
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # used when the source has no validation split
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # used when the source has no test split
+    class_weight: Union[None, Literal["auto"], dict[str, Annotated[float, Field(gt=0.0)]]] = None  # None: unweighted
+    min_per_class: int = Field(5, ge=1)  # classes with fewer usable images get a warning
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self):

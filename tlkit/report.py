@@ -112,6 +112,7 @@ def misclassified_sheet(evaluation: Evaluation, file: Path, limit: int = SHOWN_M
 
     mistakes = evaluation.mistakes()
     shown = mistakes[:limit]
+    row_of = {str(path): i for i, path in enumerate(evaluation.paths)}
     columns, cell, picture, caption, header = 6, 1.7, 1.5, 0.5, 0.6  # inches; a fixed grid needs no layout pass
     rows = max(1, math.ceil(len(shown) / columns))
     height = header + rows * (picture + caption)
@@ -128,7 +129,8 @@ def misclassified_sheet(evaluation: Evaluation, file: Path, limit: int = SHOWN_M
         ax = figure.add_axes([(column * cell + (cell - picture) / 2) / (columns * cell), bottom / height,
                               picture / (columns * cell), picture / height])
         ax.set_axis_off()
-        ax.imshow(decode_image(Path(mistake["path"]), size))
+        ax.imshow(decode_image(Path(mistake["path"]), size) if evaluation.images is None
+                  else evaluation.images[row_of[mistake["path"]]])
         ax.set_title(f"true: {_short(mistake['true'])}\npredicted: {_short(mistake['predicted'])} "
                      f"{mistake['confidence']:.0%}\n{_short(Path(mistake['path']).name, 26)}",
                      fontsize=7.5, color="darkred", pad=3)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tlkit.cache import FeatureStore, memory_budget
-from tlkit.data import ImageData, load_folder
+from tlkit.data import ImageData, load_data
 from tlkit.errors import RunInterrupted, TlkitError
 from tlkit.recipe import Recipe
 from tlkit.runfolder import RunFolder
@@ -83,7 +83,8 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
     else:
         path = data or recipe.data.path
         if not path:
-            raise TlkitError("no data: pass --data FOLDER (a folder with one sub-folder per class)")
+            raise TlkitError("no data: pass --data FOLDER (one sub-folder per class), a CSV of path,label, "
+                             "or tfds:NAME[:SPLIT]")
         recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"path": str(path)})})
         check_writable(folder.path)
         folder.recipe_file.write_text(recipe.to_json() + "\n")
@@ -94,10 +95,9 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
     log.info("base %s%s at %d px, weights: %s", recipe.base, f" (alpha {recipe.alpha})" if recipe.alpha else "",
              recipe.size, weights.describe())
 
+    store = FeatureStore(cache_dir, memory_budget(cache_memory))
     with _timed(timings, "data"):
-        images = load_folder(recipe.data.path, recipe.size, recipe.data.val_fraction, recipe.data.test_fraction)
-    log.info("data %s: %d classes, %s; %d file(s) skipped", images.root, len(images.class_names),
-             ", ".join(f"{k} {v}" for k, v in images.counts().items()), len(images.skipped))
+        images = load_data(recipe.data.path, recipe.size, recipe.data, store)
     folder.write_json(folder.classes_file, images.class_names)
     folder.write_csv(folder.split_file, [
         {"path": str(p), "label": images.class_names[lab], "split": name}
@@ -105,7 +105,6 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
     folder.write_csv(folder.skipped_file, [{"path": str(p), "reason": r} for p, r in images.skipped],
                      ["path", "reason"])
 
-    store = FeatureStore(cache_dir, memory_budget(cache_memory))
     with _timed(timings, "train"):
         with placement.strategy.scope():
             classifier = build_classifier(recipe, len(images.class_names), weights)
@@ -150,8 +149,8 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "weights": {"requested": weights.requested, "loaded": weights.describe(), "warning": weights.warning},
-        "warnings": [w for w in [weights.warning] if w],
-        "data": {"root": str(images.root), "counts": images.counts(), "skipped": len(images.skipped)},
+        "warnings": [w for w in [weights.warning] if w] + images.warnings,
+        "data": images.summary(),
         "placement": {**placement.describe(), "global_batch_size": recipe.batch_size * placement.replicas,
                       "learning_rate_rule": "the recipe's rates, unscaled: batch_size is per replica"},
         "feature_seconds": round(training.feature_seconds, 2),

@@ -150,9 +150,12 @@ class Loop:
     """Train and evaluate one model: the step runs under ``strategy.run``, its sums are reduced across
     replicas and workers (Keras 3 ``fit`` does not run under MultiWorkerMirroredStrategy, keras#20585)."""
 
-    def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, optimizer, recipe: Recipe):
+    def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, optimizer, recipe: Recipe,
+                 class_weight: dict[int, float] | None = None):
         self.strategy, self.model, self.optimizer = strategy, model, optimizer
         self.per_example_loss = loss_for(recipe, reduction=None)
+        self.class_weight = None if class_weight is None else tf.constant(
+            [class_weight[i] for i in range(len(class_weight))], tf.float32)  # training loss weight per class
         self.sigmoid = recipe.head.activation == "sigmoid"
         self._train_epoch = tf.function(self._epoch)
         self._evaluate_epoch = tf.function(self._evaluate)
@@ -168,6 +171,8 @@ class Loop:
         with tf.GradientTape() as tape:
             out = tf.cast(self.model(x, training=True), tf.float32)
             losses = self.per_example_loss(y, out)
+            if self.class_weight is not None:
+                losses *= tf.gather(self.class_weight, tf.reshape(tf.cast(y, tf.int32), [-1]))
             loss = tf.nn.compute_average_loss(losses)
             scaled = self.optimizer.scale_loss(loss)  # loss scaling under mixed_float16, else unchanged
         variables = self.model.trainable_variables
@@ -323,7 +328,7 @@ class Trainer:
                  f"{report.trainable_params:,}", f"{report.total_params:,}",
                  "frozen, inference mode" if recipe.batchnorm == "frozen" else "training in unfrozen blocks")
 
-        loop = Loop(strategy, model, optimizer, recipe)
+        loop = Loop(strategy, model, optimizer, recipe, self.data.class_weight_by_id())
         stage_best, wait = state.get("stage_best", math.inf), state.get("wait", 0)
         if not resume:
             stage_best, wait = math.inf, 0
