@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from tlkit import load_recipe, override, run
 from tlkit.cache import FeatureStore
-from tlkit.data import load_folder
+from tlkit.data import load_data
+from tlkit.distribute import place
 from tlkit.model import build_classifier, cut_index
 from tlkit.train import Trainer
 from tlkit.weights import resolve_weights
@@ -24,10 +25,11 @@ def _weights(model):
     return {w.path: w.numpy() for w in model.weights}
 
 
-def _trainer(classifier, recipe, data, tmp_path):
+def _trainer(classifier, recipe, data, tmp_path, placement):
     from tlkit.runner import _fingerprint
     weights = resolve_weights(recipe.base, recipe.alpha, recipe.size, recipe.weights)
-    return Trainer(classifier, recipe, data, FeatureStore(tmp_path / "cache"), _fingerprint(recipe, weights, data))
+    return Trainer(classifier, recipe, data, FeatureStore(tmp_path / "cache"), _fingerprint(recipe, weights, data),
+                   placement)
 
 
 @pytest.mark.parametrize("base,alpha,unfreeze", [("mobilenet_v2", 0.35, "stages.1.unfreeze_blocks=3"),
@@ -36,19 +38,21 @@ def test_stages_move_only_what_they_unfreeze(base, alpha, unfreeze, flowers_smal
                                              monkeypatch):
     monkeypatch.setenv("TLKIT_WEIGHTS_DIR", str(weights_dir))
     recipe = _recipe(f"base={base}", f"alpha={alpha}", "weights=imagenet", unfreeze)
-    data = load_folder(flowers_small, recipe.size, recipe.data.val_fraction)
+    data = load_data(flowers_small, recipe.size, recipe.data)
     weights = resolve_weights(recipe.base, recipe.alpha, recipe.size, recipe.weights)
-    classifier = build_classifier(recipe, len(data.class_names), weights)
+    placement = place("cpu", "float32")
+    with placement.strategy.scope():
+        classifier = build_classifier(recipe, len(data.class_names), weights)
     base_model = classifier.base
     start = _weights(base_model)
 
     stage_one = override(recipe, ["stages.1.epochs=0"])
-    _trainer(classifier, stage_one, data, tmp_path).run()
+    _trainer(classifier, stage_one, data, tmp_path, placement).run()
     after_one = _weights(base_model)
     assert all(np.array_equal(start[k], after_one[k]) for k in start), "stage 1 changed the frozen base"
 
     stage_two = override(recipe, ["stages.0.epochs=0"])
-    _trainer(classifier, stage_two, data, tmp_path).run()
+    _trainer(classifier, stage_two, data, tmp_path, placement).run()
     after_two = _weights(base_model)
     cut = cut_index(recipe, base_model, recipe.stages[1])
     frozen = {w.path for layer in base_model.layers[:cut] for w in layer.weights}

@@ -155,13 +155,15 @@ class FeatureStore:
         shapes = [tuple(t.shape[1:]) for t in model.outputs]
         files = [np.lib.format.open_memmap(tmp / f"{i}.npy", "w+", np.float32, (replicas, n, *s))
                  for i, s in enumerate(shapes)]
+        from tlkit.model import inference
+        forward = inference(model)
         bar = progress(total=n * replicas, desc=f"features {what}", unit="img")
         for r in range(replicas):
             for start, inputs in batches(r, batch_size):
-                out = model.predict_on_batch(inputs)
+                out = forward(inputs)
                 out = out if isinstance(out, (list, tuple)) else [out]
                 for array, value in zip(files, out):
-                    array[r, start:start + len(value)] = value
+                    array[r, start:start + len(value)] = value.numpy()
                 bar.update(len(out[0]))
         bar.close()
         for array in files:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import click
 
+from tlkit.distribute import PRECISIONS, STRATEGIES
 from tlkit.errors import TlkitError
-from tlkit.progress import setup_logging
+from tlkit.progress import setup_logging, start_tensorflow
 
 
 class _Group(click.Group):
@@ -22,15 +23,18 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except TlkitError as error:
             click.echo(f"tlkit: error: {error}", err=True)
-            sys.exit(2)
+            sys.exit(error.exit_code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log more detail.")
 @click.version_option(package_name="tlkit")
-def cli(verbose):
+@click.pass_context
+def cli(ctx, verbose):
     """Transfer learning for image folders: pick a recipe, point it at your images, get a served model."""
     setup_logging(verbose)
+    if ctx.invoked_subcommand not in (None, "recipes"):
+        start_tensorflow(verbose)
 
 
 @cli.command("recipes")
@@ -57,8 +61,9 @@ def _epochs(value: str | None, stages: int) -> list[str]:
 
 
 @cli.command("run")
-@click.argument("recipe")
-@click.option("--data", help="Folder of class sub-folders (overrides the recipe's data.path).")
+@click.argument("recipe", required=False)
+@click.option("--data", help="Class folders, train/val(/test) folders, a CSV of path,label, or tfds:NAME[:SPLIT] "
+              "(overrides the recipe's data.path).")
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder to write [default: runs/RECIPE-TIME].")
 @click.option("--weights", help="imagenet | none | auto | path to a .h5 weights file.")
 @click.option("--weights-dir", type=click.Path(file_okay=False),
@@ -74,12 +79,32 @@ def _epochs(value: str | None, stages: int) -> list[str]:
               "[default: TLKIT_CACHE_DIR or ~/.cache/tlkit].")
 @click.option("--cache-memory", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Fraction of available RAM cached features may take; the rest is memory-mapped from disk.")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="auto", show_default=True,
+              help="auto: TF_CONFIG -> multiworker, several GPUs -> mirrored, one GPU -> gpu, else cpu.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="auto: mixed_float16 on GPUs with tensor cores, else float32.")
+@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False),
+              help="Continue the unfinished run in this folder (rerunning with the same --out does too).")
+@click.option("--export", "export_formats", default="savedmodel", show_default=True, metavar="FORMATS",
+              help="Export at the end: savedmodel, tflite, onnx (comma-separated), all or none.")
 def run_command(recipe, data, out, weights, weights_dir, epochs, batch_size, image_size, seed, assignments,
-                no_cache, cache_dir, cache_memory):
+                no_cache, cache_dir, cache_memory, strategy, precision, resume_dir, export_formats):
     """Train RECIPE (a bundled name or a .py file) and write a run folder with the model and its export."""
+    from tlkit.export import parse_formats
     from tlkit.recipe import load_recipe, override
+    from tlkit.runfolder import RunFolder
     from tlkit.runner import default_out, run
 
+    if resume_dir:
+        if recipe or out:
+            raise TlkitError("--resume takes the recipe and folder from the run; pass no RECIPE or --out")
+        folder = RunFolder(resume_dir)
+        if not (folder.path / "checkpoint" / "latest").is_file():
+            raise TlkitError(f"{folder.path} has no checkpoint to resume from (it finished, or never "
+                             "completed an epoch); start it again with tlkit run RECIPE --out DIR")
+        recipe, out = str(folder.recipe_file), resume_dir
+    if not recipe:
+        raise TlkitError("missing RECIPE: a bundled recipe name (see `tlkit recipes`) or a .py recipe file")
     resolved = load_recipe(recipe)
     flags = {"weights": weights, "batch_size": batch_size, "image_size": image_size, "seed": seed}
     sets = [f"{k}={v}" for k, v in flags.items() if v is not None]
@@ -88,29 +113,23 @@ def run_command(recipe, data, out, weights, weights_dir, epochs, batch_size, ima
         sets.append("cache=false")
     resolved = override(resolved, sets + list(assignments))
     out = Path(out) if out else default_out(Path(recipe).stem)
-    result = run(resolved, out, data=data, weights_dir=weights_dir, cache_dir=cache_dir, cache_memory=cache_memory)
+    result = run(resolved, out, data=data, weights_dir=weights_dir, cache_dir=cache_dir, cache_memory=cache_memory,
+                 strategy=strategy, precision=precision, export_formats=parse_formats(export_formats))
     val = result.metrics["val"]
     click.echo(f"validation accuracy {val['accuracy']:.4f} on {val['images']} images; run folder: {result.folder}")
     if result.export:
         click.echo(f"SavedModel: {result.export}")
 
 
-@cli.command("export")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["savedmodel"]), default="savedmodel", show_default=True)
-@click.option("--name", default="model", show_default=True, help="Model name: export/NAME/VERSION.")
-@click.option("--version", type=click.IntRange(min=1), help="Version number [default: the next free one].")
-@click.option("--force", is_flag=True, help="Replace an existing version.")
-def export_command(run_dir, fmt, name, version, force):
-    """Export a run folder's model for serving."""
-    from tlkit.export import export_savedmodel
-    from tlkit.runfolder import RunFolder
+from tlkit.cli_serving import export_command, predict_command  # noqa: E402
+cli.add_command(export_command)
+cli.add_command(predict_command)
 
-    folder = RunFolder.open(run_dir)
-    recipe = folder.recipe()
-    path = export_savedmodel(folder.load_model(), folder.class_names(), recipe.size, folder.export_dir, name,
-                             version, force)
-    click.echo(f"SavedModel: {path}")
+
+from tlkit.cli_data import data  # noqa: E402
+from tlkit.cli_evaluate import evaluate_command  # noqa: E402
+cli.add_command(data)
+cli.add_command(evaluate_command)
 
 
 from tlkit.cli_lrfind import lr_find_command  # noqa: E402

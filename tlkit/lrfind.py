@@ -82,7 +82,8 @@ def sweep(classifier, recipe: Recipe, data, store, fingerprint: dict, stage_numb
     from tlkit.cache import frontier
     from tlkit.model import set_trainable
     from tlkit.optim import batches_per_epoch, make_optimizer
-    from tlkit.train import Trainer, above_cut_model, feature_datasets, image_dataset, loss_for
+    from tlkit.distribute import current_placement
+    from tlkit.train import Trainer, above_cut_model, epoch_order, feature_dataset, image_dataset, loss_for
 
     check_options(recipe, stage_number, start, end, steps)
     index = stage_number - 1
@@ -93,20 +94,23 @@ def sweep(classifier, recipe: Recipe, data, store, fingerprint: dict, stage_numb
     if index:
         log.info("training stage(s) 1-%d first, as tlkit run would", index)
         Trainer(classifier, recipe.model_copy(update={"stages": recipe.stages[:index]}), data, store,
-                fingerprint).run()
+                fingerprint, current_placement()).run()
     pretrain_seconds = time.perf_counter() - started
 
-    trainer = Trainer(classifier, recipe.model_copy(update={"stages": (stage,)}), data, store, fingerprint)
+    trainer = Trainer(classifier, recipe.model_copy(update={"stages": (stage,)}), data, store, fingerprint,
+                      current_placement())
     trainer._prepare_features()
     cut = set_trainable(classifier, recipe, stage)
     if trainer.replicas is not None:
         mode = trainer.replicas.name
         model = above_cut_model(classifier, frontier(classifier.base, cut))
-        train, _ = feature_datasets(*trainer.features[cut], data, recipe)
+        train_split = data.splits["train"]
+        train = feature_dataset(trainer.features[cut][0], train_split, recipe,
+                                epoch_order(len(train_split), recipe.seed, 0))
     else:
         mode = "full forward"
         model = classifier.model
-        train = image_dataset(data.splits["train"], recipe, recipe.seed)
+        train = image_dataset(data.splits["train"], recipe, epoch_order(len(data.splits["train"]), recipe.seed, 0))
     constant = stage.model_copy(update={"schedule": "constant", "warmup_epochs": 0.0})
     optimizer = make_optimizer(constant, batches_per_epoch(len(data.splits["train"]), recipe.batch_size),
                                classifier.base.trainable_variables)

@@ -95,7 +95,7 @@ def build_classifier(recipe: Recipe, num_classes: int, weights: ResolvedWeights)
     inputs = keras.Input((recipe.size, recipe.size, 3), name="image")
     x = augment(inputs) if augment else inputs
     x = preprocess(x)
-    x = base(x, training=False)  # BatchNorm always uses its moving statistics
+    x = base(x, training=False)  # as the Keras guide; BN inference mode is enforced by set_trainable
     outputs = head(x)
     model = keras.Model(inputs, outputs, name=f"tlkit_{recipe.base}")
     return Classifier(model, base, preprocess, augment, head)
@@ -118,6 +118,13 @@ def unfreeze_index(recipe: Recipe, base: keras.Model, stage: FineTune) -> int:
         return names.index(blocks[-stage.unfreeze_blocks][1][0])
     body = len(names) - 1  # without the InputLayer
     return len(names) - max(1, round(body * stage.unfreeze_fraction))
+
+
+def inference(model: keras.Model):
+    """``model(x, training=False)`` as one traced function for any batch size, usable outside a strategy's
+    replica context (Keras' predict splits batches across replicas under MirroredStrategy)."""
+    import tensorflow as tf
+    return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
 
 def cut_index(recipe: Recipe, base: keras.Model, stage) -> int:

@@ -59,11 +59,13 @@ class Augment(_Spec):
 
 
 class Data(_Spec):
-    """Where images come from and how they are split."""
+    """Where images come from, how they are split, and how classes are weighted."""
 
-    path: Optional[str] = None  # folder of class sub-folders; --data overrides
-    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    path: Optional[str] = None  # class folders, train/val(/test) folders, a CSV of path,label, or tfds:NAME[:SPLIT]
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # used when the source has no validation split
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # used when the source has no test split
+    class_weight: Union[None, Literal["auto"], dict[str, Annotated[float, Field(gt=0.0)]]] = None  # None: unweighted
+    min_per_class: int = Field(5, ge=1)  # classes with fewer usable images get a warning
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self):
@@ -137,7 +139,10 @@ class Recipe(_Spec):
     alpha: Optional[float] = None  # width multiplier of MobileNet bases
     image_size: Optional[int] = Field(None, ge=32)  # None: the base's default
     weights: str = "imagenet"  # imagenet | none | auto | path to a weights file
-    batchnorm: Literal["frozen", "affine"] = "frozen"  # BN always runs in inference mode; affine: gamma/beta train
+    # frozen: every BatchNorm layer stays non-trainable, so Keras runs it in inference mode and its moving
+    # statistics never move (Keras 3 ignores `base(x, training=False)` for trainable BN layers nested in a
+    # functional base). train: BN layers in unfrozen blocks train with batch statistics.
+    batchnorm: Literal["frozen", "train"] = "frozen"
     head: Head = Head()
     augment: Augment = Augment()
     data: Data = Data()
@@ -190,9 +195,13 @@ def bundled_recipes() -> dict[str, Recipe]:
 
 
 def load_recipe(name_or_path: str) -> Recipe:
-    """Load a bundled recipe by name, or any recipe module by file path."""
+    """Load a bundled recipe by name, a recipe module by file path, or a run folder's resolved recipe.json."""
     path = Path(name_or_path)
     try:
+        if path.suffix == ".json":
+            if not path.is_file():
+                raise TlkitError(f"recipe file not found: {path}")
+            return Recipe.from_json(path.read_text())
         if path.suffix == ".py":
             if not path.is_file():
                 raise TlkitError(f"recipe file not found: {path}")

@@ -10,7 +10,7 @@ from tlkit.recipe import Recipe
 
 
 class RunFolder:
-    """Files of one run: recipe, classes, split, skipped files, history, metrics, model, exports."""
+    """Files of one run: recipe, classes, split, skipped files, history, metrics, model, exports, report."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -21,9 +21,15 @@ class RunFolder:
         self.history_file = self.path / "history.csv"
         self.metrics_file = self.path / "metrics.json"
         self.run_file = self.path / "run.json"
+        self.interruptions_file = self.path / "interruptions.json"
         self.model_file = self.path / "model.keras"
         self.stages_dir = self.path / "stages"  # per stage: parameters.txt and TensorBoard logs
         self.export_dir = self.path / "export"
+        self.evaluation_file = self.path / "evaluation.json"
+        self.report_file = self.path / "report.html"
+        self.curves_file = self.path / "training_curves.png"
+        self.confusion_file = self.path / "confusion_matrix.png"
+        self.misclassified_file = self.path / "misclassified.png"
 
     @classmethod
     def open(cls, path: str | Path) -> "RunFolder":
@@ -39,10 +45,16 @@ class RunFolder:
     def class_names(self) -> list[str]:
         return json.loads(self.classes_file.read_text())
 
-    def load_model(self):
+    def load_model(self, compile: bool = True):
+        """The trained Keras model; ``compile=False`` skips the optimizer state (enough for predictions)."""
         import keras
+<<<<<<< HEAD
         import tlkit.model, tlkit.optim  # noqa: E401,F401  register tlkit's layer, optimizers and loss
         return keras.saving.load_model(self.model_file)
+=======
+        import tlkit.model  # noqa: F401  registers the Preprocess layer
+        return keras.saving.load_model(self.model_file, compile=compile)
+>>>>>>> main
 
     def write_json(self, file: Path, value) -> None:
         file.write_text(json.dumps(value, indent=2, default=str) + "\n", encoding="utf-8")

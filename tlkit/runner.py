@@ -1,12 +1,14 @@
 """`tlkit run`: resolve weights, load data, train the stages, evaluate, save and export a run folder."""
 from __future__ import annotations
 
+import json
 import logging
 import os
-from contextlib import contextmanager
 import platform
 import resource
+import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from tlkit.cache import FeatureStore, memory_budget
-from tlkit.data import ImageData, load_folder
-from tlkit.errors import TlkitError
+from tlkit.data import ImageData, load_data
+from tlkit.errors import RunInterrupted, TlkitError
 from tlkit.recipe import Recipe
 from tlkit.runfolder import RunFolder
 from tlkit.weights import ResolvedWeights, resolve_weights
@@ -48,25 +50,45 @@ def default_out(recipe_name: str) -> Path:
 
 
 def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir: str | None = None,
-        cache_dir: str | None = None, cache_memory: float = 0.5, export: bool = True) -> RunResult:
-    """Train a recipe end to end and write its run folder; the library entry point behind `tlkit run`."""
+        cache_dir: str | None = None, cache_memory: float = 0.5, export: bool = True,
+        export_formats: tuple[str, ...] = ("savedmodel",), strategy: str = "auto",
+        precision: str = "auto") -> RunResult:
+    """Train a recipe end to end and write its run folder; the library entry point behind `tlkit run`.
+
+    With ``export``, the run ends with :func:`tlkit.export.export_run` in ``export_formats``. If ``out``
+    holds an unfinished run with a checkpoint, it continues from there with that run's recipe.
+    """
     import keras
     import tensorflow as tf
 
-    from tlkit.export import export_savedmodel
+    from tlkit.checkpoint import Checkpoints
+    from tlkit.distribute import place
+    from tlkit.evaluate import evaluate_split, predict
+    from tlkit.export import export_run
     from tlkit.model import build_classifier
-    from tlkit.train import Trainer, labels_for, image_dataset, loss_for
+    from tlkit.report import write_report
+    from tlkit.train import Trainer
 
     started = time.perf_counter()
-    path = data or recipe.data.path
-    if not path:
-        raise TlkitError("no data: pass --data FOLDER (a folder with one sub-folder per class)")
-    recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"path": str(path)})})
+    placement = place(strategy, precision)
+    out = Path(out) if placement.is_chief else Path(out) / f"worker-{placement.worker_index}"
     folder = RunFolder(out)
     if folder.run_file.exists():
-        raise TlkitError(f"{folder.path} already holds a run; pass another --out")
-    folder.path.mkdir(parents=True, exist_ok=True)
-    folder.recipe_file.write_text(recipe.to_json() + "\n")
+        raise TlkitError(f"{folder.path} already holds a finished run; pass another --out")
+    checkpoints = Checkpoints(folder.path)
+    resume = checkpoints.load()
+    if resume:
+        recipe = folder.recipe()
+        _record_interruption(folder, resume["state"])
+        log.info("resuming the unfinished run in %s with its own recipe.json", folder.path)
+    else:
+        path = data or recipe.data.path
+        if not path:
+            raise TlkitError("no data: pass --data FOLDER (one sub-folder per class), a CSV of path,label, "
+                             "or tfds:NAME[:SPLIT]")
+        recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"path": str(path)})})
+        check_writable(folder.path)
+        folder.recipe_file.write_text(recipe.to_json() + "\n")
 
     timings: dict[str, float] = {}
     with _timed(timings, "weights"):
@@ -74,10 +96,9 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
     log.info("base %s%s at %d px, weights: %s", recipe.base, f" (alpha {recipe.alpha})" if recipe.alpha else "",
              recipe.size, weights.describe())
 
+    store = FeatureStore(cache_dir, memory_budget(cache_memory))
     with _timed(timings, "data"):
-        images = load_folder(path, recipe.size, recipe.data.val_fraction, recipe.data.test_fraction)
-    log.info("data %s: %d classes, %s; %d file(s) skipped", images.root, len(images.class_names),
-             ", ".join(f"{k} {v}" for k, v in images.counts().items()), len(images.skipped))
+        images = load_data(recipe.data.path, recipe.size, recipe.data, store)
     folder.write_json(folder.classes_file, images.class_names)
     folder.write_csv(folder.split_file, [
         {"path": str(p), "label": images.class_names[lab], "split": name}
@@ -85,11 +106,20 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
     folder.write_csv(folder.skipped_file, [{"path": str(p), "reason": r} for p, r in images.skipped],
                      ["path", "reason"])
 
-    store = FeatureStore(cache_dir, memory_budget(cache_memory))
     with _timed(timings, "train"):
-        classifier = build_classifier(recipe, len(images.class_names), weights)
-        training = Trainer(classifier, recipe, images, store, _fingerprint(recipe, weights, images),
-                           folder.stages_dir).run()
+        with placement.strategy.scope():
+            classifier = build_classifier(recipe, len(images.class_names), weights)
+        check_disk_space(folder.path, classifier.model.count_params())
+        trainer = Trainer(classifier, recipe, images, store, _fingerprint(recipe, weights, images), placement,
+                          checkpoints, folder.stages_dir)
+        try:
+            training = trainer.run(resume)
+        except KeyboardInterrupt:
+            state = (checkpoints.load() or {"state": {"global_epoch": 0}})["state"]
+            _append_json(folder.interruptions_file, {
+                "time": _now(), "event": "interrupted (Ctrl-C)", "epochs_done": state["global_epoch"]})
+            raise RunInterrupted(f"interrupted after {state['global_epoch']} finished epoch(s), which are saved; "
+                                 f"resume with: tlkit run --resume {folder.path}") from None
     folder.write_csv(folder.history_file, training.history)
 
     model = classifier.model
@@ -98,39 +128,87 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
         for name in ("val", "test"):
             if name in images.splits:
                 split = images.splits[name]
-                outputs = model.predict(image_dataset(split, recipe), verbose=0)
-                labels = labels_for(split.labels, recipe)
-                predicted = (outputs[:, 0] > 0.5).astype(int) if outputs.shape[1] == 1 else outputs.argmax(axis=1)
-                metrics[name] = {"accuracy": float(np.mean(predicted == split.labels)),
-                                 "loss": float(loss_for(recipe)(labels, outputs)), "images": len(split)}
+                probs = predict(model, split.images, recipe.batch_size)
+                chosen = np.clip(probs[np.arange(len(split)), split.labels], 1e-7, 1.0)
+                metrics[name] = {"accuracy": float(np.mean(probs.argmax(axis=1) == split.labels)),
+                                 "loss": float(-np.mean(np.log(chosen))), "images": len(split)}
     metrics["accuracy"] = metrics.get("test", metrics["val"])["accuracy"]
     folder.write_json(folder.metrics_file, metrics)
     with _timed(timings, "save"):
         model.save(folder.model_file)
     log.info("validation accuracy %.4f (loss %.4f); model saved to %s", metrics["val"]["accuracy"],
              metrics["val"]["loss"], folder.model_file)
+    with _timed(timings, "report"):
+        write_report(evaluate_split(model, images, folder, recipe.batch_size), folder.path)
 
     with _timed(timings, "export"):
-        exported = export_savedmodel(model, images.class_names, recipe.size, folder.export_dir, "model") if export else None
+        exports = export_run(folder, export_formats, model=model) if export and placement.is_chief else []
+    exported = next((folder.path / e.path for e in exports if e.format == "savedmodel"), None)
     folder.write_json(folder.run_file, {
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished": _now(),
         "seconds": round(time.perf_counter() - started, 2),
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "weights": {"requested": weights.requested, "loaded": weights.describe(), "warning": weights.warning},
-        "warnings": [w for w in [weights.warning] if w],
-        "data": {"root": str(images.root), "counts": images.counts(), "skipped": len(images.skipped)},
+        "warnings": [w for w in [weights.warning] if w] + images.warnings,
+        "data": images.summary(),
+        "placement": {**placement.describe(), "global_batch_size": recipe.batch_size * placement.replicas,
+                      "learning_rate_rule": "the recipe's rates, unscaled: batch_size is per replica"},
         "feature_seconds": round(training.feature_seconds, 2),
         "stages": [asdict(s) for s in training.stages],
         "best": training.best,
         "cache": store.events,
+        "interruptions": _read_json(folder.interruptions_file, []),
         "export": str(exported) if exported else None,
         "seed": recipe.seed,
         "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
                      "keras": keras.__version__, "numpy": np.__version__, "tlkit": _version()},
         "machine": machine(),
     })
+    checkpoints.remove()
     return RunResult(folder.path, metrics, exported)
+
+
+def check_writable(path: Path) -> None:
+    """Fail before any work if the run folder cannot be created or written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".tlkit-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise TlkitError(f"cannot write the run folder {path}: {error.strerror or error}; "
+                         "pass --out with a writable folder") from None
+
+
+def check_disk_space(path: Path, params: int) -> None:
+    """Fail before training if the disk cannot hold the model files (.keras, SavedModel, checkpoints)."""
+    needed = params * 4 * 6 + 64 * 2**20
+    free = shutil.disk_usage(path).free
+    if free < needed:
+        raise TlkitError(f"not enough disk space for the run folder {path}: about {needed / 2**20:.0f} MB "
+                         f"needed, {free / 2**20:.0f} MB free; free space or pass --out on another disk")
+
+
+def _record_interruption(folder: RunFolder, state: dict) -> None:
+    events = _read_json(folder.interruptions_file, [])
+    if not events or events[-1]["event"] == "resumed":  # nothing recorded the stop: killed or crashed
+        events.append({"time": _now(), "event": "stopped without finishing (killed or crashed)",
+                       "epochs_done": state["global_epoch"]})
+    events.append({"time": _now(), "event": "resumed", "epochs_done": state["global_epoch"]})
+    folder.write_json(folder.interruptions_file, events)
+
+
+def _append_json(path: Path, item: dict) -> None:
+    path.write_text(json.dumps(_read_json(path, []) + [item], indent=2) + "\n")
+
+
+def _read_json(path: Path, default):
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def machine() -> dict:

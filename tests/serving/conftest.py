@@ -1,0 +1,50 @@
+"""One small run trained on real flower photos with real ImageNet weights, exported in every format once
+per session and shared by the serving tests."""
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ONNX = all(importlib.util.find_spec(m) for m in ("tf2onnx", "onnxruntime"))
+
+
+@dataclass
+class Served:
+    folder: object  # tlkit.runfolder.RunFolder
+    model: object  # the trained Keras model
+    savedmodel: Path  # exported at the end of the run
+    exports: dict  # format -> tlkit.export.Export, exported afterwards with check=True
+    val_paths: list[Path]
+    val_pixels: np.ndarray  # uint8 (N, size, size, 3), decoded as training decodes
+
+    @property
+    def size(self) -> int:
+        return self.val_pixels.shape[1]
+
+    def keras_probabilities(self, pixels):
+        return self.model.predict(np.asarray(pixels, np.float32), verbose=0)
+
+
+@pytest.fixture(scope="session")
+def served(flowers_small, weights_dir, tmp_path_factory):
+    from tlkit import load_recipe, override, run
+    from tlkit.data import decode_all
+    from tlkit.export import export_run
+    from tlkit.runfolder import RunFolder
+
+    root = tmp_path_factory.mktemp("served")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KERAS_HOME", str(root / "keras_home"))
+        recipe = override(load_recipe("quickstart"), ["weights=imagenet"])  # MobileNetV2 0.35, 96 px, 8+4 epochs
+        result = run(recipe, root / "run", data=str(flowers_small), weights_dir=str(weights_dir),
+                     cache_dir=str(root / "cache"))
+        folder = RunFolder.open(result.folder)
+        model = folder.load_model()
+        formats = ("tflite", "onnx") if ONNX else ("tflite",)
+        exports = {e.format: e for e in export_run(folder, formats, check=True, model=model)}
+    val_paths = [Path(r["path"]) for r in folder.read_csv(folder.split_file) if r["split"] == "val"]
+    val_pixels, failures, _ = decode_all(val_paths, recipe.size, "val")
+    assert not failures
+    return Served(folder, model, result.export, exports, val_paths, val_pixels)

@@ -1,0 +1,74 @@
+"""Per-epoch checkpoints for resume: written to a fresh folder, then published by an atomic rename of a
+pointer file, so a run killed at any instant leaves either the previous or the new checkpoint, whole."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+
+def _save_arrays(path: Path, arrays) -> None:
+    np.savez(path, *[np.asarray(a) for a in arrays])
+
+
+def _load_arrays(path: Path) -> list[np.ndarray]:
+    with np.load(path) as data:
+        return [data[f"arr_{i}"] for i in range(len(data.files))]
+
+
+class Checkpoints:
+    """``RUN/checkpoint/``: ``latest`` names the current ``epoch-N`` folder (state, weights, optimizer, best)."""
+
+    def __init__(self, run_dir: Path):
+        self.folder = Path(run_dir) / "checkpoint"
+        self.pointer = self.folder / "latest"
+
+    def exists(self) -> bool:
+        return self.pointer.is_file()
+
+    def save(self, state: dict, model_weights, optimizer_variables, best_weights, best_changed: bool) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"epoch-{state['global_epoch']}"
+        tmp = self.folder / f".tmp-{name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        _save_arrays(tmp / "model.npz", model_weights)
+        _save_arrays(tmp / "optimizer.npz", optimizer_variables)
+        previous = self._current()
+        if best_weights is not None:
+            if not best_changed and previous and (previous / "best.npz").is_file():
+                os.link(previous / "best.npz", tmp / "best.npz")  # unchanged: share the file
+            else:
+                _save_arrays(tmp / "best.npz", best_weights)
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        target = self.folder / name
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        pointer_tmp = self.folder / ".latest.tmp"
+        pointer_tmp.write_text(name)
+        os.replace(pointer_tmp, self.pointer)  # the commit point
+        for old in self.folder.glob("epoch-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def _current(self) -> Path | None:
+        if not self.exists():
+            return None
+        return self.folder / self.pointer.read_text().strip()
+
+    def load(self) -> dict | None:
+        """The latest checkpoint as a dict: state, model, optimizer, best (arrays or None)."""
+        folder = self._current()
+        if folder is None:
+            return None
+        best = folder / "best.npz"
+        return {"state": json.loads((folder / "state.json").read_text()),
+                "model": _load_arrays(folder / "model.npz"),
+                "optimizer": _load_arrays(folder / "optimizer.npz"),
+                "best": _load_arrays(best) if best.is_file() else None}
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

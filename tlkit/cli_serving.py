@@ -1,0 +1,85 @@
+"""`tlkit export` and `tlkit predict`: parse options, call tlkit.export / tlkit.predict, print the answers."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import click
+
+from tlkit.errors import TlkitError
+
+
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(v)) for v in column) for column in zip(header, *rows)]
+    for row in [header, *rows]:
+        click.echo("  ".join(f"{v:<{w}}" for v, w in zip(row, widths)).rstrip())
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.2f} MB" if n >= 2**20 else f"{n / 2**10:.0f} KB"
+
+
+@click.command("export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "formats", default="savedmodel", show_default=True, metavar="FORMATS",
+              help="savedmodel, tflite, onnx (comma-separated) or all.")
+@click.option("--name", default="model", show_default=True, help="Model name: export/NAME/VERSION.")
+@click.option("--version", type=click.IntRange(min=1), help="Version number [default: the next free one].")
+@click.option("--force", is_flag=True, help="Replace an existing version.")
+@click.option("--check", is_flag=True, help="Compare every export with the Keras model on the validation split.")
+def export_command(run_dir, formats, name, version, force, check):
+    """Export a run folder's model for serving: SavedModel (TF Serving), TFLite variants, ONNX."""
+    from tlkit.export import export_run, parse_formats
+    from tlkit.runfolder import RunFolder
+
+    folder = RunFolder.open(run_dir)
+    exports = export_run(folder, parse_formats(formats), name, version, force, check)
+    rows = []
+    for export in exports:
+        for variant, entry in export.files.items():
+            row = [export.format, variant if variant != export.format else "", entry["path"], _size(entry["bytes"])]
+            if check:
+                result = export.check[variant]
+                row += [f"{result['top1_agreement']:.4f}", f"{result['max_probability_difference']:.2g}"]
+            rows.append(row)
+    header = ["format", "variant", "path", "size"]
+    if check:
+        n = next(iter(exports[0].check.values()))["images"] if exports else 0
+        header += [f"top-1 agreement ({n} val images)", "max prob diff"]
+    _table(rows, header)
+
+
+@click.command("predict")
+@click.argument("model", type=click.Path(exists=True))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True, help="Classes shown per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
+def predict_command(model, images, top_k, as_json, as_csv):
+    """Classify IMAGES (files or folders) with MODEL: a run folder, a SavedModel folder or a .tflite/.onnx file.
+
+    Exits with status 1 if any file could not be read (each is named on stderr)."""
+    from tlkit.predict import load_predictor, predict_files
+
+    if as_json and as_csv:
+        raise TlkitError("choose one of --json and --csv")
+    predictions, failures = predict_files(load_predictor(model), list(images), top_k)
+    if as_json:
+        click.echo(json.dumps([{"file": str(p.path), "class": p.top[0][0], "probability": p.top[0][1],
+                                "top_k": [{"class": c, "probability": v} for c, v in p.top]}
+                               for p in predictions], indent=2))
+    elif as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        k = max((len(p.top) for p in predictions), default=0)
+        writer.writerow(["file"] + [f"{col}_{i}" for i in range(1, k + 1) for col in ("class", "probability")])
+        for p in predictions:
+            writer.writerow([p.path] + [v for c, prob in p.top for v in (c, f"{prob:.6f}")])
+    else:
+        _table([[str(p.path), p.top[0][0], f"{p.top[0][1]:.4f}", ", ".join(f"{c} {v:.4f}" for c, v in p.top)]
+                for p in predictions], ["file", "class", "probability", f"top-{top_k}"])
+    for path, reason in failures:
+        click.echo(f"tlkit: cannot read {path}: {reason}", err=True)
+    if failures:
+        click.echo(f"tlkit: {len(failures)} of {len(predictions) + len(failures)} file(s) failed", err=True)
+        sys.exit(1)

@@ -1,0 +1,34 @@
+"""ONNX export through tf2onnx (the optional ``onnx`` extra): float32 pixels in, probabilities out."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from tlkit.errors import TlkitError
+from tlkit.export import pixel_function, write_labels
+
+OPSET = 17
+
+
+def require_onnx() -> None:
+    """Fail early, in one line, when the optional packages are missing."""
+    try:
+        import onnxruntime  # noqa: F401
+        import tf2onnx  # noqa: F401
+    except ImportError as error:
+        raise TlkitError(f"ONNX export needs tf2onnx and onnxruntime ({error}); "
+                         "install them with: pip install 'tlkit[onnx]'") from None
+
+
+def export_onnx(model, class_names: list[str], size: int, folder: Path, name: str) -> Path:
+    """Write ``NAME.onnx`` and ``labels.txt`` into ``folder``."""
+    require_onnx()
+    import tf2onnx
+
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)
+    predict = pixel_function(model, size)
+    path = folder / f"{name}.onnx"
+    tf2onnx.convert.from_function(predict, input_signature=predict.input_signature, opset=OPSET,
+                                  output_path=str(path))
+    write_labels(folder, class_names)
+    return path
