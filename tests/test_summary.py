@@ -21,7 +21,7 @@ def _keras_counts(model) -> dict:
 
 @pytest.mark.parametrize("base,alpha,sets", [
     ("mobilenet_v2", 0.35, ["stages.1.unfreeze_blocks=3"]),
-    ("mobilenet", 0.25, ["stages.1.unfreeze_blocks=2", "batchnorm=affine"]),
+    ("mobilenet", 0.25, ["stages.1.unfreeze_blocks=2", "batchnorm=train"]),
 ])
 def test_summary_matches_keras_counts_in_both_stages(base, alpha, sets, weights_dir):
     recipe = override(load_recipe("quickstart"), [f"base={base}", f"alpha={alpha}", "image_size=64",
@@ -42,7 +42,7 @@ def test_summary_matches_keras_counts_in_both_stages(base, alpha, sets, weights_
         assert all(base_model.get_layer(name).trainable for name in expected)
         assert f"batchnorm={recipe.batchnorm}" in summary.batchnorm
         bn = [n for n in expected if isinstance(base_model.get_layer(n), keras.layers.BatchNormalization)]
-        assert bool(bn) == (recipe.batchnorm == "affine" and index == 1)
+        assert bool(bn) == (recipe.batchnorm == "train" and index == 1)
         seen.append(summary)
         text = "\n".join(summary.lines())
         assert f"total {summary.total:,}, trainable {summary.trainable:,}, frozen {summary.frozen:,}" in text

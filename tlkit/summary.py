@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 BATCHNORM_MODES = {
     "frozen": "inference mode (moving statistics fixed), gamma/beta frozen",
-    "affine": "inference mode (moving statistics fixed), gamma/beta train in unfrozen layers",
+    "train": "batch statistics and gamma/beta train in unfrozen layers (moving statistics move)",
 }
 
 
