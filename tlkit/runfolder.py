@@ -48,13 +48,8 @@ class RunFolder:
     def load_model(self, compile: bool = True):
         """The trained Keras model; ``compile=False`` skips the optimizer state (enough for predictions)."""
         import keras
-<<<<<<< HEAD
         import tlkit.model, tlkit.optim  # noqa: E401,F401  register tlkit's layer, optimizers and loss
-        return keras.saving.load_model(self.model_file)
-=======
-        import tlkit.model  # noqa: F401  registers the Preprocess layer
         return keras.saving.load_model(self.model_file, compile=compile)
->>>>>>> main
 
     def write_json(self, file: Path, value) -> None:
         file.write_text(json.dumps(value, indent=2, default=str) + "\n", encoding="utf-8")
