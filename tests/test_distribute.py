@@ -90,7 +90,8 @@ def _wait_for(run_dir: Path, condition, process, timeout=300):
     pointer = run_dir / "checkpoint" / "latest"
     deadline = time.time() + timeout
     while time.time() < deadline:
-        assert process.poll() is None, "the run ended before it could be interrupted"
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended before it could be interrupted: {process.stderr.read()[-700:]}")
         try:
             state = json.loads((run_dir / "checkpoint" / pointer.read_text().strip() / "state.json").read_text())
             if condition(state):

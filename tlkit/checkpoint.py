@@ -43,7 +43,7 @@ class Checkpoints:
                 os.link(previous / "best.npz", tmp / "best.npz")  # unchanged: share the file
             else:
                 _save_arrays(tmp / "best.npz", best_weights)
-        (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str))
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
         target = self.folder / name
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)

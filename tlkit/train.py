@@ -191,7 +191,7 @@ class Loop:
 
     def train_epoch(self, dataset) -> dict:
         totals = self._train_epoch(self.strategy.experimental_distribute_dataset(dataset)).numpy()
-        return {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]}
+        return {"loss": float(totals[0] / totals[2]), "accuracy": float(totals[1] / totals[2])}
 
     def _evaluate(self, batches):
         totals = tf.zeros(3)
@@ -204,7 +204,7 @@ class Loop:
     def evaluate(self, dataset) -> dict:
         """Loss and accuracy over a dataset, computed locally (every worker gets the same figures)."""
         totals = self._evaluate_epoch(dataset).numpy()
-        return {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]}
+        return {"loss": float(totals[0] / totals[2]), "accuracy": float(totals[1] / totals[2])}
 
 
 # === The stages ===
