@@ -69,13 +69,15 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def indexed_dataset(order: np.ndarray, gather, specs, batch_size: int, drop_remainder: bool = False):
-    """Batches ``gather(indices)`` over ``order``; cached features and full images share this order."""
+    """Batches ``gather(indices)`` over ``order``, inputs as float32; cached features and full images share
+    this order."""
     dtypes = [s.dtype for s in specs]
 
     def load(indices):
         values = tf.numpy_function(gather, [indices], dtypes, stateful=True)
         values = [tf.ensure_shape(v, s.shape) for v, s in zip(values, specs)]
         *inputs, labels = values
+        inputs = [tf.cast(x, tf.float32) for x in inputs]  # uint8 pixels cross into the graph 4x smaller
         return (tuple(inputs) if len(inputs) > 1 else inputs[0]), labels
 
     ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=drop_remainder).map(load)
@@ -87,9 +89,9 @@ def indexed_dataset(order: np.ndarray, gather, specs, batch_size: int, drop_rema
 def image_dataset(split, recipe: Recipe, order: np.ndarray | None = None, drop_remainder: bool = False):
     """Batches of a split's full images (float 0-255) and labels, in ``order`` (default: as stored)."""
     labels = labels_for(split.labels, recipe)
-    spec = tf.TensorSpec((None, recipe.size, recipe.size, 3), tf.float32)
+    spec = tf.TensorSpec((None, recipe.size, recipe.size, 3), tf.uint8)
     order = np.arange(len(split)) if order is None else order
-    return indexed_dataset(order, lambda i: (split.images[i].astype(np.float32), labels[i]),
+    return indexed_dataset(order, lambda i: (split.images[i], labels[i]),
                            [spec, _label_spec(recipe)], recipe.batch_size, drop_remainder)
 
 
