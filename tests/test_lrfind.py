@@ -11,7 +11,7 @@ from PIL import Image
 from tlkit import load_recipe, override
 from tlkit.cache import FeatureStore
 from tlkit.cli import cli
-from tlkit.data import load_folder
+from tlkit.data import load_data
 from tlkit.lrfind import running_average, smooth, suggest, sweep
 from tlkit.model import build_classifier
 from tlkit.runner import _fingerprint
@@ -65,7 +65,7 @@ def test_fine_tune_sweep_without_cache_trains_earlier_stages_and_restores_the_mo
     recipe = override(load_recipe("quickstart"), ["weights=imagenet", "image_size=64", "cache=false",
                                                   "stages.0.epochs=1"])
     weights = resolve_weights(recipe.base, recipe.alpha, recipe.size, recipe.weights, str(weights_dir))
-    data = load_folder(flowers_small, recipe.size, recipe.data.val_fraction)
+    data = load_data(flowers_small, recipe.size, recipe.data)
     classifier = build_classifier(recipe, len(data.class_names), weights)
     base_before = [w.copy() for w in classifier.base.get_weights()]
     head_before = [w.copy() for w in classifier.head.get_weights()]

@@ -176,7 +176,7 @@ def lr_find(recipe: Recipe, out: str | Path, *, data: str | None = None, weights
             end: float = 1.0, steps: int = 100) -> Sweep:
     """Load the data and model as `tlkit run` does, sweep, and write lr_find.png, .csv and .json to ``out``."""
     from tlkit.cache import FeatureStore, memory_budget
-    from tlkit.data import load_folder
+    from tlkit.data import load_data
     from tlkit.model import build_classifier
     from tlkit.runfolder import RunFolder
     from tlkit.runner import _fingerprint
@@ -187,11 +187,9 @@ def lr_find(recipe: Recipe, out: str | Path, *, data: str | None = None, weights
     if not path:
         raise TlkitError("no data: pass --data FOLDER (a folder with one sub-folder per class)")
     weights = resolve_weights(recipe.base, recipe.alpha, recipe.size, recipe.weights, weights_dir)
-    images = load_folder(path, recipe.size, recipe.data.val_fraction, recipe.data.test_fraction)
-    log.info("data %s: %d classes, %s; %d file(s) skipped", images.root, len(images.class_names),
-             ", ".join(f"{k} {v}" for k, v in images.counts().items()), len(images.skipped))
-    classifier = build_classifier(recipe, len(images.class_names), weights)
     store = FeatureStore(cache_dir, memory_budget(cache_memory))
+    images = load_data(path, recipe.size, recipe.data, store)
+    classifier = build_classifier(recipe, len(images.class_names), weights)
     result = sweep(classifier, recipe, images, store, _fingerprint(recipe, weights, images), stage, start, end,
                    steps)
 
