@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from tlkit.cli_options import flag_overrides, recipe_options
 from tlkit.distribute import PRECISIONS, STRATEGIES
 from tlkit.errors import TlkitError
 from tlkit.progress import setup_logging, start_tensorflow
@@ -65,20 +66,8 @@ def _epochs(value: str | None, stages: int) -> list[str]:
 @click.option("--data", help="Class folders, train/val(/test) folders, a CSV of path,label, or tfds:NAME[:SPLIT] "
               "(overrides the recipe's data.path).")
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder to write [default: runs/RECIPE-TIME].")
-@click.option("--weights", help="imagenet | none | auto | path to a .h5 weights file.")
-@click.option("--weights-dir", type=click.Path(file_okay=False),
-              help="Folder of Keras ImageNet .h5 files (also: TLKIT_WEIGHTS_DIR).")
 @click.option("--epochs", help="Epochs for every stage, or one per stage: 5,3.")
-@click.option("--batch-size", type=int, help="Images per training step.")
-@click.option("--image-size", type=int, help="Square input side in pixels.")
-@click.option("--seed", type=int, help="Random seed (weights init, splits order, shuffling).")
-@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
-              help="Override any recipe field, e.g. --set head.dropout=0.3 --set stages.1.learning_rate=1e-5.")
-@click.option("--no-cache", is_flag=True, help="Run the whole base every step instead of caching its frozen part.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where cached features live "
-              "[default: TLKIT_CACHE_DIR or ~/.cache/tlkit].")
-@click.option("--cache-memory", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Fraction of available RAM cached features may take; the rest is memory-mapped from disk.")
+@recipe_options
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="auto", show_default=True,
               help="auto: TF_CONFIG -> multiworker, several GPUs -> mirrored, one GPU -> gpu, else cpu.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
@@ -106,11 +95,7 @@ def run_command(recipe, data, out, weights, weights_dir, epochs, batch_size, ima
     if not recipe:
         raise TlkitError("missing RECIPE: a bundled recipe name (see `tlkit recipes`) or a .py recipe file")
     resolved = load_recipe(recipe)
-    flags = {"weights": weights, "batch_size": batch_size, "image_size": image_size, "seed": seed}
-    sets = [f"{k}={v}" for k, v in flags.items() if v is not None]
-    sets += _epochs(epochs, len(resolved.stages))
-    if no_cache:
-        sets.append("cache=false")
+    sets = flag_overrides(weights, batch_size, image_size, seed, no_cache) + _epochs(epochs, len(resolved.stages))
     resolved = override(resolved, sets + list(assignments))
     out = Path(out) if out else default_out(Path(recipe).stem)
     result = run(resolved, out, data=data, weights_dir=weights_dir, cache_dir=cache_dir, cache_memory=cache_memory,

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from tlkit.cli_options import flag_overrides, recipe_options
+
 
 @click.command("lr-find")
 @click.argument("recipe")
@@ -16,19 +18,7 @@ import click
 @click.option("--start", type=float, default=1e-7, show_default=True, help="First learning rate.")
 @click.option("--end", type=float, default=1.0, show_default=True, help="Last learning rate.")
 @click.option("--steps", type=int, default=100, show_default=True, help="Batches (rates) in the sweep.")
-@click.option("--weights", help="imagenet | none | auto | path to a .h5 weights file.")
-@click.option("--weights-dir", type=click.Path(file_okay=False),
-              help="Folder of Keras ImageNet .h5 files (also: TLKIT_WEIGHTS_DIR).")
-@click.option("--batch-size", type=int, help="Images per training step.")
-@click.option("--image-size", type=int, help="Square input side in pixels.")
-@click.option("--seed", type=int, help="Random seed (weights init, splits order, shuffling).")
-@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
-              help="Override any recipe field, e.g. --set stages.1.optimizer=sgd.")
-@click.option("--no-cache", is_flag=True, help="Run the whole base every step instead of caching its frozen part.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where cached features live "
-              "[default: TLKIT_CACHE_DIR or ~/.cache/tlkit].")
-@click.option("--cache-memory", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Fraction of available RAM cached features may take; the rest is memory-mapped from disk.")
+@recipe_options
 def lr_find_command(recipe, data, out, stage, start, end, steps, weights, weights_dir, batch_size, image_size, seed,
                     assignments, no_cache, cache_dir, cache_memory):
     """Sweep the learning rate of one stage of RECIPE exponentially, plot loss against rate, suggest a rate."""
@@ -36,9 +26,7 @@ def lr_find_command(recipe, data, out, stage, start, end, steps, weights, weight
     from tlkit.recipe import load_recipe, override
     from tlkit.runner import default_out
 
-    flags = {"weights": weights, "batch_size": batch_size, "image_size": image_size, "seed": seed,
-             "cache": "false" if no_cache else None}
-    sets = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    sets = flag_overrides(weights, batch_size, image_size, seed, no_cache)
     resolved = override(load_recipe(recipe), sets + list(assignments))
     out = Path(out) if out else default_out(f"{Path(recipe).stem}-lr-find")
     result = lr_find(resolved, out, data=data, weights_dir=weights_dir, cache_dir=cache_dir,
