@@ -21,7 +21,7 @@ import numpy as np
 from tlkit.errors import TlkitError
 from tlkit.progress import progress
 from tlkit.recipe import Data
-from tlkit.sources import Item, Listing, list_source, scan_folder  # noqa: F401  scan_folder: part of this API
+from tlkit.sources import Item, Listing, list_source
 
 log = logging.getLogger(__name__)
 

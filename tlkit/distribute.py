@@ -5,8 +5,12 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tlkit.errors import TlkitError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +22,7 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 class Placement:
     """The strategy in use and what to record about it."""
 
-    strategy: "tf.distribute.Strategy"
+    strategy: tf.distribute.Strategy
     name: str
     replicas: int
     is_chief: bool

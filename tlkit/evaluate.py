@@ -16,7 +16,8 @@ import numpy as np
 from sklearn.metrics import (accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support,
                              top_k_accuracy_score)
 
-from tlkit.data import SPLITS, ImageData, decode_all, decode_failure, read_pixels, scan_folder
+from tlkit.data import SPLITS, ImageData, decode_all, decode_failure, read_pixels
+from tlkit.sources import scan_folder
 from tlkit.errors import TlkitError
 from tlkit.progress import progress
 from tlkit.runfolder import RunFolder
