@@ -112,9 +112,9 @@ def predict(model, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
     return np.asarray(probabilities(np.concatenate(batches)))
 
 
-def evaluate_split(model, data: ImageData, run: RunFolder, batch_size: int = 32) -> Evaluation:
-    """The run's default split, already decoded in memory: what ``tlkit run`` reports at its end."""
-    name = default_split(data.splits)
+def evaluate_split(model, data: ImageData, run: RunFolder, batch_size: int = 32, name: str | None = None) -> Evaluation:
+    """A split of the run (default: the one it is judged on), already decoded in memory, as ``tlkit run`` does."""
+    name = name or default_split(data.splits)
     split = data.splits[name]
     return Evaluation(str(run.path), f"{name} split", data.class_names, split.paths, split.labels,
                       predict(model, split.images, batch_size), list(data.skipped), run=run, report_dir=run.path,

@@ -63,7 +63,7 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
 
     from tlkit.checkpoint import Checkpoints
     from tlkit.distribute import place
-    from tlkit.evaluate import evaluate_split, predict
+    from tlkit.evaluate import default_split, evaluate_split
     from tlkit.export import export_run
     from tlkit.model import build_classifier
     from tlkit.report import write_report
@@ -123,15 +123,15 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
     folder.write_csv(folder.history_file, training.history)
 
     model = classifier.model
-    metrics = {}
+    metrics, evaluations = {}, {}
     with _timed(timings, "evaluate"):
         for name in ("val", "test"):
             if name in images.splits:
-                split = images.splits[name]
-                probs = predict(model, split.images, recipe.batch_size)
-                chosen = np.clip(probs[np.arange(len(split)), split.labels], 1e-7, 1.0)
-                metrics[name] = {"accuracy": float(np.mean(probs.argmax(axis=1) == split.labels)),
-                                 "loss": float(-np.mean(np.log(chosen))), "images": len(split)}
+                evaluations[name] = evaluation = evaluate_split(model, images, folder, recipe.batch_size, name)
+                probs, labels = evaluation.probabilities, evaluation.labels
+                chosen = np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)
+                metrics[name] = {"accuracy": float(np.mean(probs.argmax(axis=1) == labels)),
+                                 "loss": float(-np.mean(np.log(chosen))), "images": len(labels)}
     metrics["accuracy"] = metrics.get("test", metrics["val"])["accuracy"]
     folder.write_json(folder.metrics_file, metrics)
     with _timed(timings, "save"):
@@ -139,7 +139,7 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
     log.info("validation accuracy %.4f (loss %.4f); model saved to %s", metrics["val"]["accuracy"],
              metrics["val"]["loss"], folder.model_file)
     with _timed(timings, "report"):
-        write_report(evaluate_split(model, images, folder, recipe.batch_size), folder.path)
+        write_report(evaluations[default_split(images.splits)], folder.path)
 
     with _timed(timings, "export"):
         exports = export_run(folder, export_formats, model=model) if export and placement.is_chief else []
