@@ -8,6 +8,10 @@ equivalent recipe (MobileNetV2 0.35, 128 px, 20% validation, horizontal flip, th
 base layers unfrozen, no early stopping; tlkit keeps BatchNorm frozen, its default), and one plain forward
 pass of the base over all images (the physical floor of the head stage). Prints per-stage wall
 seconds, baseline/tlkit ratios, validation accuracies and tlkit's peak memory.
+
+"Whole run" is what the baseline's total_s covers: loading the data, building the model, both stages
+(tlkit: run.json timings weights + data + train). tlkit's evaluation, report and export come on top and
+are printed separately.
 """
 import argparse
 import json
@@ -67,8 +71,10 @@ def run_tlkit(args, work: Path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     history = [line.split(",") for line in (run_dir / "history.csv").read_text().splitlines()]
     head_fit, tune_fit = (s["seconds"] for s in info["stages"])
+    timings = info["timings"]
     return {"head_stage_s": info["feature_seconds"] + head_fit, "finetune_stage_s": tune_fit,
-            "train_s": info["seconds"], "process_s": wall, "val_accuracy": metrics["val"]["accuracy"],
+            "train_s": timings["weights"] + timings["data"] + timings["train"],
+            "after_training_s": sum(timings[k] for k in ("evaluate", "save", "report", "export")), "process_s": wall, "val_accuracy": metrics["val"]["accuracy"],
             "head_val_accuracy": float(history[args.head_epochs][history[0].index("val_accuracy")]),
             "peak_memory_mb": info["peak_memory_mb"], "feature_s": info["feature_seconds"]}
 
@@ -114,8 +120,9 @@ def main():
     forward = mean("forward", "forward_s")
     print(f"one plain forward pass over all images: {forward:.1f}s; tlkit head stage / forward pass = "
           f"{mean('tlkit', 'head_stage_s') / forward:.2f} (target <= 2)")
-    print(f"tlkit peak memory: {max(r['peak_memory_mb'] for r in results['tlkit']):.0f} MB; "
-          f"tlkit whole process incl. imports, evaluation and export: {mean('tlkit', 'process_s'):.1f}s")
+    print(f"tlkit peak memory: {max(r['peak_memory_mb'] for r in results['tlkit']):.0f} MB")
+    print(f"tlkit after training (evaluation, model file, report, SavedModel export; the baseline does none): "
+          f"{mean('tlkit', 'after_training_s'):.1f}s; whole tlkit process incl. imports: {mean('tlkit', 'process_s'):.1f}s")
 
 
 if __name__ == "__main__":

@@ -65,3 +65,37 @@ def test_features_stream_from_disk_beyond_the_memory_budget(flowers_small, weigh
     events = json.loads((result.folder / "run.json").read_text())["cache"]
     assert {e["where"] for e in events} == {"disk (memory-mapped)"}
     assert result.metrics["val"]["accuracy"] > 0.4
+
+
+def test_each_flip_replica_holds_the_base_output_of_that_flip_at_every_cut(flowers_small, weights_dir, tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from tlkit.cache import FeatureStore, frontier
+    from tlkit.data import load_data
+    from tlkit.distribute import current_placement
+    from tlkit.model import build_classifier
+    from tlkit.runner import _fingerprint
+    from tlkit.train import Trainer
+    from tlkit.weights import resolve_weights
+
+    recipe = _recipe("augment.flip=horizontal", "stages.1.unfreeze_blocks=2")
+    data = load_data(str(flowers_small), recipe.size, recipe.data)
+    weights = resolve_weights(recipe.base, recipe.alpha, recipe.size, "imagenet", str(weights_dir))
+    classifier = build_classifier(recipe, len(data.class_names), weights)
+    trainer = Trainer(classifier, recipe, data, FeatureStore(tmp_path, 2**30), _fingerprint(recipe, weights, data),
+                      current_placement())
+    trainer._prepare_features()
+    base, images = classifier.base, data.splits["train"].images[:37].astype("float32")
+    (low, high) = sorted(trainer.features)
+    assert high == len(base.layers)
+    below = keras.Model(base.input, frontier(base, low)[0])
+    for replica, pixels in enumerate((images, images[:, :, ::-1])):
+        x = classifier.preprocess(tf.constant(pixels))
+        maps = base(x, training=False).numpy()
+        expected = {low: below(x, training=False).numpy(), high: maps.mean(axis=(1, 2))}  # the head's avg pool
+        for cut, want in expected.items():
+            got = trainer.features[cut][0][0][replica, :37]
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, atol=2e-4, rtol=1e-4)
+    assert trainer.features[high][1][0].shape == (1, len(data.splits["val"]), maps.shape[-1])  # val: one replica

@@ -28,6 +28,12 @@ def default_cache_dir() -> Path:
     return Path(root).expanduser() / "features"
 
 
+def feature_batch(size: int) -> int:
+    """Images per forward pass while computing features: large batches run the base faster (a third more
+    images/s at 128 px on a 2-core CPU than Keras' 32), capped so activations stay small at large sizes."""
+    return int(np.clip(2 ** int(np.log2(128 * 160 * 160 / size ** 2)), 16, 128))
+
+
 def memory_budget(fraction: float = 0.5) -> int:
     """Bytes of RAM the caches may hold: a fraction of the memory available now."""
     try:
@@ -125,14 +131,18 @@ class FeatureStore:
         return hashlib.sha256(json.dumps({"format": CACHE_FORMAT, **parts}, sort_keys=True,
                                          default=str).encode()).hexdigest()[:24]
 
-    def load_or_compute(self, parts: dict, model: keras.Model, batches: Callable, n: int, replicas: int,
+    def load_or_compute(self, parts: dict, model: keras.Model, chunks: Callable, n: int, replicas: int,
                         what: str, batch_size: int = 64) -> list[np.ndarray]:
-        """Arrays ``(replicas, n, *shape)``, one per model output; computed only if not cached already."""
+        """Arrays ``(replicas, n, *shape)``, one per model output; computed only if not cached already.
+
+        ``chunks(k)`` yields ``(start, inputs)`` for images ``start:start + k``, ``inputs[r]`` being the model's
+        inputs for replica ``r``; all replicas of a chunk go through the model as one batch of ``batch_size``.
+        """
         key = self.key(parts)
         folder = self.root / key
         outputs = model.outputs
         if not (folder / "meta.json").is_file():
-            self._compute(folder, model, batches, n, replicas, what, batch_size)
+            self._compute(folder, model, chunks, n, replicas, what, batch_size)
             event = "computed"
         else:
             event = "reused"
@@ -148,7 +158,7 @@ class FeatureStore:
         log.info("features %s: %s, %.1f MB in %s", what, event, size / 1e6, where)
         return arrays
 
-    def _compute(self, folder, model, batches, n, replicas, what, batch_size):
+    def _compute(self, folder, model, chunks, n, replicas, what, batch_size):
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -158,13 +168,14 @@ class FeatureStore:
         from tlkit.model import inference
         forward = inference(model)
         bar = progress(total=n * replicas, desc=f"features {what}", unit="img")
-        for r in range(replicas):
-            for start, inputs in batches(r, batch_size):
-                out = forward(inputs)
-                out = out if isinstance(out, (list, tuple)) else [out]
-                for array, value in zip(files, out):
-                    array[r, start:start + len(value)] = value.numpy()
-                bar.update(len(out[0]))
+        for start, inputs in chunks(max(1, batch_size // replicas)):
+            batch = [tf.concat(column, axis=0) for column in zip(*inputs)]
+            out = forward(batch if len(batch) > 1 else batch[0])
+            out = out if isinstance(out, (list, tuple)) else [out]
+            for array, value in zip(files, out):
+                value = value.numpy()
+                array[:, start:start + len(value) // replicas] = value.reshape(replicas, -1, *value.shape[1:])
+            bar.update(len(out[0]))
         bar.close()
         for array in files:
             array.flush()

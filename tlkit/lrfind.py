@@ -79,7 +79,6 @@ def check_options(recipe: Recipe, stage_number: int, start: float, end: float, s
 def sweep(classifier, recipe: Recipe, data, store, fingerprint: dict, stage_number: int = 1,
           start: float = 1e-7, end: float = 1.0, steps: int = 100) -> Sweep:
     """Run the range test for stage ``stage_number`` (counted from 1) of the recipe on ``classifier``."""
-    from tlkit.cache import frontier
     from tlkit.model import set_trainable
     from tlkit.optim import batches_per_epoch, make_optimizer
     from tlkit.distribute import current_placement
@@ -103,7 +102,7 @@ def sweep(classifier, recipe: Recipe, data, store, fingerprint: dict, stage_numb
     cut = set_trainable(classifier, recipe, stage)
     if trainer.replicas is not None:
         mode = trainer.replicas.name
-        model = above_cut_model(classifier, frontier(classifier.base, cut))
+        model = above_cut_model(classifier, cut)
         train_split = data.splits["train"]
         train = feature_dataset(trainer.features[cut][0], train_split, recipe,
                                 epoch_order(len(train_split), recipe.seed, 0))

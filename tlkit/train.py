@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tlkit.cache import FeatureStore, Replicas, choose_replicas, frontier
+from tlkit.cache import FeatureStore, Replicas, choose_replicas, feature_batch, frontier
 from tlkit.checkpoint import Checkpoints
 from tlkit.data import ImageData
 from tlkit.distribute import Placement
@@ -120,24 +120,50 @@ def loss_for(recipe: Recipe, label_smoothing: float = 0.0, reduction="sum_over_b
 
 # === Models above and below the cut ===
 
-def prefix_model(classifier: Classifier, tensors) -> keras.Model:
-    """Raw pixels -> preprocessing -> the frozen part of the base, up to the cut tensors."""
-    base = classifier.base
-    frozen = keras.Model(base.input, tensors if len(tensors) > 1 else tensors[0])
+def pools_at_output(classifier: Classifier, cut: int) -> bool:
+    """True when the cut is the base's output and the head starts with global pooling: then the cache holds
+    the pooled vectors (exact, and 16-49x smaller than the feature maps)."""
+    return cut == len(classifier.base.layers) and isinstance(
+        classifier.head.layers[0], (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D))
+
+
+def cached_tensors(classifier: Classifier, cut: int) -> list:
+    """What the cache holds for a cut: the tensors crossing it, or the head's pooling of the base's output."""
+    if pools_at_output(classifier, cut):
+        return [classifier.head.layers[0](classifier.base.output)]
+    return frontier(classifier.base, cut)
+
+
+def _one_or_list(tensors):
+    return tensors if len(tensors) > 1 else tensors[0]
+
+
+def feature_model(classifier: Classifier, cut: int, lower: int | None = None) -> keras.Model:
+    """What computes a cut's cached tensors: raw pixels -> preprocessing -> the frozen part of the base, or,
+    given ``lower``, the cached tensors of that lower cut -> the frozen layers between the two cuts."""
+    base, outputs = classifier.base, _one_or_list(cached_tensors(classifier, cut))
+    if lower is not None:
+        return keras.Model(_one_or_list(frontier(base, lower)), outputs)
+    frozen = keras.Model(base.input, outputs)
     images = keras.Input(base.input.shape[1:], name="image")
     return keras.Model(images, frozen(classifier.preprocess(images), training=False))
 
 
-def above_cut_model(classifier: Classifier, tensors) -> keras.Model:
-    """Cut tensors -> the trainable top of the base -> head: what trains on cached features."""
-    base = classifier.base
+def above_cut_model(classifier: Classifier, cut: int) -> keras.Model:
+    """A cut's cached tensors -> the trainable top of the base -> head: what trains on cached features."""
+    base, head, tensors = classifier.base, classifier.head, cached_tensors(classifier, cut)
     inputs = [keras.Input(t.shape[1:], name=f"cut_{i}") for i, t in enumerate(tensors)]
-    if len(tensors) == 1 and tensors[0] is base.output:
+    if pools_at_output(classifier, cut):
+        x = inputs[0]
+        for layer in head.layers[1:]:
+            x = layer(x)
+        return keras.Model(inputs[0], x)
+    if cut == len(base.layers):
         x = inputs[0]
     else:
-        top = keras.Model(tensors if len(tensors) > 1 else tensors[0], base.output)
-        x = top(inputs if len(inputs) > 1 else inputs[0], training=False)
-    return keras.Model(inputs if len(inputs) > 1 else inputs[0], classifier.head(x))
+        top = keras.Model(_one_or_list(tensors), base.output)
+        x = top(_one_or_list(inputs), training=False)
+    return keras.Model(_one_or_list(inputs), head(x))
 
 
 # === The loop ===
@@ -253,11 +279,7 @@ class Trainer:
         started = time.perf_counter()
         lower = None
         for cut in cuts:
-            tensors = frontier(base, cut)
-            if lower is None:
-                model = prefix_model(self.classifier, tensors)
-            else:
-                model = keras.Model(frontier(base, lower), tensors if len(tensors) > 1 else tensors[0])
+            model = feature_model(self.classifier, cut, lower)
             self.features[cut] = tuple(self._features(model, cut, lower, split) for split in ("train", "val"))
             lower = cut
         self.feature_seconds = time.perf_counter() - started
@@ -266,26 +288,29 @@ class Trainer:
     def _features(self, model, cut, lower, split_name):
         split = self.data.splits[split_name]
         replicas = self.replicas if split_name == "train" else Replicas(self.replicas.transforms[:1], "x1", "")
-        layer = self.classifier.base.layers[cut].name if cut < len(self.classifier.base.layers) else "(output)"
+        base = self.classifier.base
+        layer = base.layers[cut].name if cut < len(base.layers) else "(output)"
+        if pools_at_output(self.classifier, cut):
+            layer += f" {self.recipe.head.pooling}-pooled"
         parts = {**self.fingerprint, "split": split_name, "cut": layer, "replicas": replicas.name,
                  "files": self.fingerprint["files"][split_name]}
         if len(replicas) > 1 and not self.recipe.augment.only_flip:
             parts["augment"] = self.recipe.augment.model_dump()
 
         if lower is None:
-            def batches(r, size):
+            def chunks(size):
                 for start in range(0, len(split), size):
                     pixels = tf.convert_to_tensor(split.images[start:start + size], tf.float32)
-                    yield start, replicas.transforms[r](pixels)
+                    yield start, [[transform(pixels)] for transform in replicas.transforms]
         else:
             source = self.features[lower][0 if split_name == "train" else 1]
 
-            def batches(r, size):
+            def chunks(size):
                 for start in range(0, len(split), size):
-                    chunk = [tf.convert_to_tensor(a[r, start:start + size]) for a in source]
-                    yield start, chunk if len(chunk) > 1 else chunk[0]
-        return self.store.load_or_compute(parts, model, batches, len(split), len(replicas),
-                                          f"{split_name} @ {layer}")
+                    yield start, [[tf.convert_to_tensor(a[r, start:start + size]) for a in source]
+                                  for r in range(len(replicas))]
+        return self.store.load_or_compute(parts, model, chunks, len(split), len(replicas),
+                                          f"{split_name} @ {layer}", feature_batch(self.recipe.size))
 
     def _datasets(self, cut, epoch):
         """This epoch's training batches and the validation batches, cached or full images."""
@@ -311,7 +336,7 @@ class Trainer:
             reason = ("cache disabled (cache=false / --no-cache)" if not recipe.cache else
                       "augmentation other than flips; set augment_replicas=K to cache K augmented copies")
         with strategy.scope():
-            model = above_cut_model(classifier, frontier(base, cut)) if self.replicas is not None else full
+            model = above_cut_model(classifier, cut) if self.replicas is not None else full
             optimizer = make_optimizer(stage, batches_per_epoch(len(self.data.splits["train"]), recipe.batch_size),
                                        base.trainable_variables)
             if self.placement.precision == "mixed_float16":
