@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -125,6 +126,7 @@ class FeatureStore:
         self.budget = memory_budget() if budget_bytes is None else budget_bytes
         self.used = 0
         self.events: list[dict] = []
+        self._traced: dict[int, tuple[keras.Model, Callable]] = {}  # id(model) -> (model, its traced forward)
 
     @staticmethod
     def key(parts: dict) -> str:
@@ -141,11 +143,13 @@ class FeatureStore:
         key = self.key(parts)
         folder = self.root / key
         outputs = model.outputs
+        event = {"event": "reused"}
         if not (folder / "meta.json").is_file():
+            started = time.perf_counter()
             self._compute(folder, model, chunks, n, replicas, what, batch_size)
-            event = "computed"
-        else:
-            event = "reused"
+            seconds = time.perf_counter() - started
+            event = {"event": "computed", "seconds": round(seconds, 2),
+                     "images_per_second": round(n * replicas / seconds, 1)}
         arrays = [np.load(folder / f"{i}.npy", mmap_mode="r") for i in range(len(outputs))]
         size = sum(a.nbytes for a in arrays)
         where = "disk (memory-mapped)"
@@ -153,10 +157,17 @@ class FeatureStore:
             arrays = [np.array(a) for a in arrays]
             self.used += size
             where = "RAM"
-        self.events.append({"what": what, "key": key, "event": event, "bytes": size, "where": where,
-                            "folder": str(folder)})
-        log.info("features %s: %s, %.1f MB in %s", what, event, size / 1e6, where)
+        self.events.append({"what": what, "key": key, **event, "bytes": size, "where": where, "folder": str(folder)})
+        rate = f" in {event['seconds']:.1f}s ({event['images_per_second']:.0f} img/s)" if "seconds" in event else ""
+        log.info("features %s: %s%s, %.1f MB in %s", what, event["event"], rate, size / 1e6, where)
         return arrays
+
+    def _forward(self, model: keras.Model) -> Callable:
+        """One traced inference function per model, shared by the splits it computes."""
+        from tlkit.model import inference
+        if id(model) not in self._traced:
+            self._traced[id(model)] = (model, inference(model))
+        return self._traced[id(model)][1]
 
     def _compute(self, folder, model, chunks, n, replicas, what, batch_size):
         tmp = folder.with_name(folder.name + ".tmp")
@@ -165,8 +176,7 @@ class FeatureStore:
         shapes = [tuple(t.shape[1:]) for t in model.outputs]
         files = [np.lib.format.open_memmap(tmp / f"{i}.npy", "w+", np.float32, (replicas, n, *s))
                  for i, s in enumerate(shapes)]
-        from tlkit.model import inference
-        forward = inference(model)
+        forward = self._forward(model)
         bar = progress(total=n * replicas, desc=f"features {what}", unit="img")
         for start, inputs in chunks(max(1, batch_size // replicas)):
             batch = [tf.concat(column, axis=0) for column in zip(*inputs)]
