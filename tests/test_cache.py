@@ -75,7 +75,7 @@ def test_each_flip_replica_holds_the_base_output_of_that_flip_at_every_cut(flowe
     from tlkit.data import load_data
     from tlkit.distribute import current_placement
     from tlkit.model import build_classifier
-    from tlkit.runner import _fingerprint
+    from tlkit.cache import feature_fingerprint
     from tlkit.train import Trainer
     from tlkit.weights import resolve_weights
 
@@ -83,7 +83,7 @@ def test_each_flip_replica_holds_the_base_output_of_that_flip_at_every_cut(flowe
     data = load_data(str(flowers_small), recipe.size, recipe.data)
     weights = resolve_weights(recipe.base, recipe.alpha, recipe.size, "imagenet", str(weights_dir))
     classifier = build_classifier(recipe, len(data.class_names), weights)
-    trainer = Trainer(classifier, recipe, data, FeatureStore(tmp_path, 2**30), _fingerprint(recipe, weights, data),
+    trainer = Trainer(classifier, recipe, data, FeatureStore(tmp_path, 2**30), feature_fingerprint(recipe, weights, data),
                       current_placement())
     trainer._prepare_features()
     base, images = classifier.base, data.splits["train"].images[:37].astype("float32")

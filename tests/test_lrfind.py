@@ -14,7 +14,7 @@ from tlkit.cli import cli
 from tlkit.data import load_data
 from tlkit.lrfind import running_average, smooth, suggest, sweep
 from tlkit.model import build_classifier
-from tlkit.runner import _fingerprint
+from tlkit.cache import feature_fingerprint
 from tlkit.weights import resolve_weights
 
 
@@ -69,7 +69,7 @@ def test_fine_tune_sweep_without_cache_trains_earlier_stages_and_restores_the_mo
     classifier = build_classifier(recipe, len(data.class_names), weights)
     base_before = [w.copy() for w in classifier.base.get_weights()]
     head_before = [w.copy() for w in classifier.head.get_weights()]
-    result = sweep(classifier, recipe, data, FeatureStore(budget_bytes=0), _fingerprint(recipe, weights, data),
+    result = sweep(classifier, recipe, data, FeatureStore(budget_bytes=0), feature_fingerprint(recipe, weights, data),
                    stage_number=2, start=1e-5, end=10.0, steps=20)
     assert (result.stage, result.mode) == ("2:fine_tune", "full forward")
     assert result.feature_seconds == 0 and result.pretrain_seconds > 0

@@ -26,9 +26,9 @@ def _weights(model):
 
 
 def _trainer(classifier, recipe, data, tmp_path, placement):
-    from tlkit.runner import _fingerprint
+    from tlkit.cache import feature_fingerprint
     weights = resolve_weights(recipe.base, recipe.alpha, recipe.size, recipe.weights)
-    return Trainer(classifier, recipe, data, FeatureStore(tmp_path / "cache"), _fingerprint(recipe, weights, data),
+    return Trainer(classifier, recipe, data, FeatureStore(tmp_path / "cache"), feature_fingerprint(recipe, weights, data),
                    placement)
 
 

@@ -10,7 +10,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import keras
 import numpy as np
@@ -18,6 +18,10 @@ import tensorflow as tf
 
 from tlkit.progress import progress
 from tlkit.recipe import Augment, Recipe
+
+if TYPE_CHECKING:
+    from tlkit.data import ImageData
+    from tlkit.weights import ResolvedWeights
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,17 @@ def memory_budget(fraction: float = 0.5) -> int:
     except (OSError, StopIteration):
         available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     return int(available * fraction)
+
+
+def feature_fingerprint(recipe: Recipe, weights: ResolvedWeights, data: ImageData) -> dict:
+    """What cached features depend on apart from the cut: files, base, weights, image size."""
+    if weights.path:
+        stat = weights.path.stat()
+        weight_id = [str(weights.path.resolve()), stat.st_size, stat.st_mtime_ns]
+    else:
+        weight_id = f"random init, seed {recipe.seed}"
+    return {**data.fingerprint(), "base": recipe.base, "alpha": recipe.alpha, "size": recipe.size,
+            "weights": weight_id}
 
 
 # === Where to cut ===

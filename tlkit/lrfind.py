@@ -178,7 +178,7 @@ def lr_find(recipe: Recipe, out: str | Path, *, data: str | None = None, weights
     from tlkit.data import load_data
     from tlkit.model import build_classifier
     from tlkit.runfolder import RunFolder
-    from tlkit.runner import _fingerprint
+    from tlkit.cache import feature_fingerprint
     from tlkit.weights import resolve_weights
 
     check_options(recipe, stage, start, end, steps)
@@ -189,7 +189,7 @@ def lr_find(recipe: Recipe, out: str | Path, *, data: str | None = None, weights
     store = FeatureStore(cache_dir, memory_budget(cache_memory))
     images = load_data(path, recipe.size, recipe.data, store)
     classifier = build_classifier(recipe, len(images.class_names), weights)
-    result = sweep(classifier, recipe, images, store, _fingerprint(recipe, weights, images), stage, start, end,
+    result = sweep(classifier, recipe, images, store, feature_fingerprint(recipe, weights, images), stage, start, end,
                    steps)
 
     folder = RunFolder(out)

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tlkit.cache import FeatureStore, memory_budget
-from tlkit.data import ImageData, load_data
+from tlkit.cache import FeatureStore, feature_fingerprint, memory_budget
+from tlkit.data import load_data
 from tlkit.errors import RunInterrupted, TlkitError
 from tlkit.recipe import Recipe
 from tlkit.runfolder import RunFolder
-from tlkit.weights import ResolvedWeights, resolve_weights
+from tlkit.weights import resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +32,6 @@ class RunResult:
     folder: Path
     metrics: dict
     export: Path | None
-
-
-def _fingerprint(recipe: Recipe, weights: ResolvedWeights, data: ImageData) -> dict:
-    """What cached features depend on apart from the cut: files, base, weights, image size."""
-    if weights.path:
-        stat = weights.path.stat()
-        weight_id = [str(weights.path.resolve()), stat.st_size, stat.st_mtime_ns]
-    else:
-        weight_id = f"random init, seed {recipe.seed}"
-    return {**data.fingerprint(), "base": recipe.base, "alpha": recipe.alpha, "size": recipe.size,
-            "weights": weight_id}
 
 
 def default_out(recipe_name: str) -> Path:
@@ -110,7 +99,7 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
         with placement.strategy.scope():
             classifier = build_classifier(recipe, len(images.class_names), weights)
         check_disk_space(folder.path, classifier.model.count_params())
-        trainer = Trainer(classifier, recipe, images, store, _fingerprint(recipe, weights, images), placement,
+        trainer = Trainer(classifier, recipe, images, store, feature_fingerprint(recipe, weights, images), placement,
                           checkpoints, folder.stages_dir)
         try:
             training = trainer.run(resume)
