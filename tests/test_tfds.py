@@ -63,6 +63,13 @@ def test_mocked_tfds_trains_through_run_cli(tmp_path, weights_dir, online):
     assert info["kind"] == "tfds" and info["files"] == info["used"] == 40 and info["skipped"] == 0
     assert (out / "export" / "model" / "1" / "assets" / "labels.txt").read_text().split() == FLOWERS
 
+    with tfds.testing.mock_data(num_examples=40):  # evaluation re-reads the val examples from the dataset
+        evaluated = CliRunner().invoke(cli, ["evaluate", str(out), "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads(evaluated.stdout)
+    metrics = json.loads(folder.metrics_file.read_text())["val"]
+    assert report["images"] == metrics["images"] and report["accuracy"] == pytest.approx(metrics["accuracy"])
+
 
 def test_prepared_tfds_dataset_keeps_its_splits_ids_and_pixels(tfds_dir, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", str(tfds_dir))

@@ -282,13 +282,16 @@ def decode_stream(payloads: Iterable[tuple[int, Path | bytes]],
             yield position, pixels, reason
 
 
-def decode_all(paths: list[Path], size: int, what: str) -> tuple[np.ndarray, list[tuple[Path, str]], np.ndarray]:
-    """Decode files in parallel: pixels of those that decoded, failures with reasons, and the ok mask."""
+def decode_all(paths: list, size: int, what: str, listing: Listing | None = None
+               ) -> tuple[np.ndarray, list[tuple[Path | str, str]], np.ndarray]:
+    """Decode files (or, given their ``listing``, TFDS examples by id) in parallel: pixels of those that
+    decoded, failures with reasons, and the ok mask."""
     images = np.zeros((len(paths), size, size, 3), np.uint8)
     ok = np.zeros(len(paths), bool)
     failures = []
+    payloads = listing.payloads([Item(p, 0, str(p)) for p in paths]) if listing else enumerate(paths)
     with progress(total=len(paths), desc=f"decode {what}", unit="img") as bar:
-        for i, pixels, reason in decode_stream(enumerate(paths), size):
+        for i, pixels, reason in decode_stream(payloads, size):
             bar.update(1)
             if reason:
                 failures.append((paths[i], reason))

@@ -17,10 +17,10 @@ from sklearn.metrics import (accuracy_score, confusion_matrix, log_loss, precisi
                              top_k_accuracy_score)
 
 from tlkit.data import SPLITS, ImageData, decode_all, decode_failure, read_pixels
-from tlkit.sources import scan_folder
 from tlkit.errors import TlkitError
 from tlkit.progress import progress
 from tlkit.runfolder import RunFolder
+from tlkit.sources import list_tfds, scan_folder
 
 log = logging.getLogger(__name__)
 
@@ -145,18 +145,20 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, top_k: int = 
         if not chosen:
             raise TlkitError(f"run {path} has no {name} split; pass --data with one of "
                              f"{', '.join(sorted({row['split'] for row in rows}))} or a folder of class sub-folders")
-        paths = [Path(row["path"]) for row in chosen]
+        tfds = chosen[0]["path"].startswith("tfds:")  # examples, re-read from the run's dataset
+        listing = list_tfds(recipe.data.path) if tfds else None
+        paths = [row["path"] if tfds else Path(row["path"]) for row in chosen]
         labels = np.array([class_names.index(row["label"]) for row in chosen], np.int64)
         skipped, description = [], f"{name} split"
     else:
         paths, labels, skipped = labelled_folder(name, class_names)
-        description = str(Path(name).expanduser())
-    pixels, failures, ok = decode_all(paths, recipe.size, description)
+        listing, description = None, str(Path(name).expanduser())
+    pixels, failures, ok = decode_all(paths, recipe.size, description, listing)
     _require_images(ok, description)
     probabilities = predict(run.load_model(compile=False), pixels, batch_size)
     report_dir = run.path if name == default else run.path / "evaluations" / Path(name).name
     return _evaluation(str(path), description, class_names, paths, labels, ok, probabilities, skipped + failures,
-                       top_k, run, report_dir)
+                       top_k, run, report_dir, pixels)
 
 
 def export_version(path: Path) -> Path | None:
@@ -186,12 +188,12 @@ def _require_images(ok: np.ndarray, description: str) -> None:
 
 
 def _evaluation(model, description, class_names, paths, labels, ok, probabilities, skipped, top_k,
-                run=None, report_dir=None) -> Evaluation:
+                run=None, report_dir=None, images=None) -> Evaluation:
     """An Evaluation of the files that decoded (``ok``); the rest are logged and listed as skipped."""
     for path, reason in sorted(skipped):
         log.warning("skipped %s: %s", path, reason)
     return Evaluation(model, description, class_names, [p for p, good in zip(paths, ok) if good], labels[ok],
-                      probabilities, sorted(skipped), top_k, run, report_dir)
+                      probabilities, sorted(skipped), top_k, run, report_dir, images)
 
 
 def _evaluate_export(export: Path, data, top_k: int, batch_size: int) -> Evaluation:
