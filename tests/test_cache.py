@@ -1,5 +1,6 @@
 """Cached features: the same model as a full forward pass, reused only when nothing they depend on changed."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,6 +66,35 @@ def test_features_stream_from_disk_beyond_the_memory_budget(flowers_small, weigh
     events = json.loads((result.folder / "run.json").read_text())["cache"]
     assert {e["where"] for e in events} == {"disk (memory-mapped)"}
     assert result.metrics["val"]["accuracy"] > 0.4
+    _cache_command_lists_and_clears(tmp_path / "c", events)
+
+
+def _cache_command_lists_and_clears(cache_dir, events):
+    import os
+    import time
+
+    from click.testing import CliRunner
+
+    from tlkit.cli import cli
+
+    (cache_dir / "0123.tmp").mkdir()  # a computation that never finished
+    listed = CliRunner().invoke(cli, ["cache", "list", "--cache-dir", str(cache_dir)])
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.splitlines()
+    assert lines[-1].startswith("6 entries")
+    for event in events:
+        assert any(line.endswith(f"features {event['what']}  {event['folder']}") for line in lines)
+    assert sum("decoded images, 96 px, of " in line for line in lines) == 1
+    assert sum("features (incomplete)" in line for line in lines) == 1
+
+    old = Path(events[0]["folder"]) / "meta.json"
+    os.utime(old, (time.time() - 3 * 86400,) * 2)
+    cleared = CliRunner().invoke(cli, ["cache", "clear", "--cache-dir", str(cache_dir), "--older-than", "2"])
+    assert cleared.exit_code == 0 and cleared.output.startswith("removed 1 entries")
+    assert not old.parent.exists() and Path(events[1]["folder"]).exists()
+    cleared = CliRunner().invoke(cli, ["cache", "clear", "--cache-dir", str(cache_dir)])
+    assert cleared.output.startswith("removed 5 entries")
+    assert CliRunner().invoke(cli, ["cache", "list", "--cache-dir", str(cache_dir)]).output == "0 entries, 0.0 MB\n"
 
 
 def test_each_flip_replica_holds_the_base_output_of_that_flip_at_every_cut(flowers_small, weights_dir, tmp_path):

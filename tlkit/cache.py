@@ -159,7 +159,9 @@ class FeatureStore:
         folder = self.root / key
         outputs = model.outputs
         event = {"event": "reused"}
-        if not (folder / "meta.json").is_file():
+        if (folder / "meta.json").is_file():
+            (folder / "meta.json").touch()  # last used now, for `tlkit cache clear --older-than`
+        else:
             started = time.perf_counter()
             self._compute(folder, model, chunks, n, replicas, what, batch_size)
             seconds = time.perf_counter() - started
@@ -204,6 +206,37 @@ class FeatureStore:
         bar.close()
         for array in files:
             array.flush()
-        (tmp / "meta.json").write_text(json.dumps({"shapes": shapes, "n": n, "replicas": replicas}))
+        (tmp / "meta.json").write_text(json.dumps({"what": f"features {what}", "shapes": shapes, "n": n,
+                                                   "replicas": replicas}))
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
+
+
+# === Looking after the cache folder ===
+
+def cache_entries(root: Path | None = None) -> list[dict]:
+    """Every entry under a cache folder (features and decoded images), least recently used first; an entry
+    whose computation never finished is listed as ``incomplete``."""
+    root = Path(root) if root else default_cache_dir()
+    entries = []
+    for folder in [*root.glob("*"), *root.glob("images/*")]:
+        if not folder.is_dir() or folder.name == "images":
+            continue
+        meta = folder / "meta.json"
+        complete = meta.is_file() and not folder.name.endswith(".tmp")
+        kind = "decoded images" if folder.parent.name == "images" else "features"
+        what = json.loads(meta.read_text()).get("what", kind) if complete else f"{kind} (incomplete)"
+        files = [f for f in folder.rglob("*") if f.is_file()]
+        used = (meta if complete else folder).stat().st_mtime
+        entries.append({"folder": str(folder), "what": what, "bytes": sum(f.stat().st_size for f in files),
+                        "last_used": used})
+    return sorted(entries, key=lambda e: e["last_used"])
+
+
+def clear_cache(root: Path | None = None, older_than_days: float | None = None) -> list[dict]:
+    """Delete cache entries (all, or those not used for ``older_than_days``); returns what was deleted."""
+    cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
+    removed = [e for e in cache_entries(root) if cutoff is None or e["last_used"] < cutoff]
+    for entry in removed:
+        shutil.rmtree(entry["folder"], ignore_errors=True)
+    return removed

@@ -118,7 +118,9 @@ cli.add_command(evaluate_command)
 
 
 from tlkit.cli_lrfind import lr_find_command  # noqa: E402
+from tlkit.cli_cache import cache  # noqa: E402
 cli.add_command(lr_find_command)
+cli.add_command(cache)
 
 
 def main():

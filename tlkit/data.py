@@ -337,7 +337,9 @@ def _decoded(listing: Listing, by_split: dict[str, list[Item]], size: int,
                      "items": [listing.identity(item) for item in order]})
     folder = store.root / "images" / key
     event = "reused"
-    if not (folder / "meta.json").is_file():
+    if (folder / "meta.json").is_file():
+        (folder / "meta.json").touch()  # last used now, for `tlkit cache clear --older-than`
+    else:
         tmp = folder.with_name(key + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -345,7 +347,8 @@ def _decoded(listing: Listing, by_split: dict[str, list[Item]], size: int,
         failures = _decode_into(out, listing, by_split, size)
         out.flush()
         del out
-        (tmp / "meta.json").write_text(json.dumps({"failures": failures}))
+        (tmp / "meta.json").write_text(json.dumps({"what": f"decoded images, {size} px, of {listing.source}",
+                                                   "failures": failures}))
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
         event = "computed"
