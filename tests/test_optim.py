@@ -185,8 +185,11 @@ def test_history_records_the_rate_each_epoch_trained_with(controlled_run):
     # stage 1, cosine over 4 epochs (10 steps each: 156 images, batch 16) after 1 warmup epoch
     assert rates[:4] == pytest.approx([1e-3, 1e-3 * (1 + math.cos(math.pi / 3)) / 2,
                                        1e-3 * (1 + math.cos(2 * math.pi / 3)) / 2, 0.0], abs=1e-9)
-    # stage 2, plateau: the rate drops tenfold after each epoch whose val_loss is not a new stage minimum
-    fine = rows[4:]
+    _assert_plateau_rates(rows[4:])
+
+
+def _assert_plateau_rates(fine):
+    """Stage 2, plateau: the rate drops tenfold after each epoch whose val_loss is not a new stage minimum."""
     expected, best, rate = [], math.inf, 1e-3  # 6 epochs at 1e-3 on 156 photos: val_loss stalls
     for row in fine:
         expected.append(rate)
@@ -196,6 +199,31 @@ def test_history_records_the_rate_each_epoch_trained_with(controlled_run):
             rate *= 0.1
     assert [float(r["learning_rate"]) for r in fine] == pytest.approx(expected, rel=1e-5)
     assert expected[-1] < 1e-3, "no plateau happened, so the test proved nothing"
+    return expected
+
+
+def test_reduce_on_plateau_counts_on_across_a_resume(flowers_small, weights_dir, tmp_path, monkeypatch):
+    from tlkit.errors import RunInterrupted
+    from tlkit.train import Loop
+
+    train_epoch, calls = Loop.train_epoch, []
+
+    def interrupted_in_stage_2(self, dataset):  # Ctrl-C after three plateau epochs are checkpointed
+        calls.append(1)
+        if len(calls) == 4 + 4:
+            raise KeyboardInterrupt
+        return train_epoch(self, dataset)
+
+    monkeypatch.setattr(Loop, "train_epoch", interrupted_in_stage_2)
+    with pytest.raises(RunInterrupted):
+        _run(tmp_path / "run", flowers_small, weights_dir, tmp_path / "cache")
+    monkeypatch.setattr(Loop, "train_epoch", train_epoch)
+    resumed = _run(tmp_path / "run", flowers_small, weights_dir, tmp_path / "cache")
+    rows = _history(resumed)
+    assert len(rows) == 10
+    _assert_plateau_rates(rows[4:])
+    losses = [float(r["val_loss"]) for r in rows[4:]]
+    assert losses[3] > min(losses[:3]), "the first resumed epoch set a new best: the counters were not needed"
 
 
 def _scalars(folder):

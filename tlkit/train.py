@@ -353,11 +353,15 @@ class Trainer:
         loop = Loop(strategy, model, optimizer, recipe, self.data.class_weight_by_id(), stage.label_smoothing)
         with strategy.scope():
             model.compile(optimizer, loop.per_example_loss)  # callbacks read model.optimizer
-        callbacks = keras.callbacks.CallbackList(stage_callbacks(stage, stage_dir), model=model)
+        hooks = stage_callbacks(stage, stage_dir)
+        plateau = next((c for c in hooks if isinstance(c, keras.callbacks.ReduceLROnPlateau)), None)
+        callbacks = keras.callbacks.CallbackList(hooks, model=model)
         callbacks.on_train_begin()
         stage_best, wait = state.get("stage_best", math.inf), state.get("wait", 0)
         if not resume:
             stage_best, wait = math.inf, 0
+        elif plateau is not None and state.get("plateau"):
+            plateau.wait, plateau.best, plateau.cooldown_counter = state["plateau"]  # its counters go on
         for stage_epoch in range(state["stage_epoch"], stage.epochs):
             epoch_started = time.perf_counter()
             callbacks.on_epoch_begin(state["global_epoch"])
@@ -392,7 +396,8 @@ class Trainer:
                     full.set_weights(best_weights)  # never worse than the best epoch seen in any stage
                 report.seconds = round(sum(r["seconds"] for r in state["history"] if r["stage"] == name), 3)
                 state["stages"].append(asdict(report))
-            state.update(stage_epoch=stage_epoch + 1, stage_done=done, stage_best=stage_best, wait=wait)
+            state.update(stage_epoch=stage_epoch + 1, stage_done=done, stage_best=stage_best, wait=wait,
+                         plateau=plateau and [plateau.wait, float(plateau.best), plateau.cooldown_counter])
             if self.checkpoints is not None:
                 self.checkpoints.save(state, [v.numpy() for v in full.variables], [v.numpy() for v in optimizer.variables],
                                       best_weights, best_changed)
