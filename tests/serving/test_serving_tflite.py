@@ -4,17 +4,35 @@ import warnings
 from collections import Counter
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from tensorflow.lite.python import schema_py_generated as schema
 
-from tlkit.data import decode_image
+from tlkit.data import decode_all, decode_image
 from tlkit.export import representative_pixels
+from tlkit.tflite import bias_corrected, convert
 
 
 def _interpreter(path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return tf.lite.Interpreter(model_path=str(path))
+
+
+def _int8_probabilities(path, pixels) -> np.ndarray:
+    """Run the int8 file on uint8 pixels with the bare interpreter; dequantized probabilities."""
+    interpreter = _interpreter(path)
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    assert inp["dtype"] == np.uint8 and inp["quantization"] == (1.0, 0)  # raw pixels go in as they are
+    assert tuple(inp["shape"][1:]) == pixels.shape[1:] and out["dtype"] == np.uint8
+    interpreter.allocate_tensors()
+    scale, zero = out["quantization"]
+    answers = []
+    for image in pixels:
+        interpreter.set_tensor(inp["index"], image[None])
+        interpreter.invoke()
+        answers.append((interpreter.get_tensor(out["index"])[0].astype(np.float32) - zero) * scale)
+    return np.array(answers)
 
 
 def test_tflite_variants_agree_with_keras_on_validation_photos(served):
@@ -24,37 +42,50 @@ def test_tflite_variants_agree_with_keras_on_validation_photos(served):
     assert check["float32"]["top1_agreement"] >= 0.99 and check["float32"]["max_probability_difference"] < 1e-4
     assert check["float16"]["top1_agreement"] >= 0.99 and check["float16"]["max_probability_difference"] < 0.1
     assert check["dynamic"]["top1_agreement"] >= 0.9
-    # The issue asks >= 0.95 for int8. Post-training int8 of MobileNetV2-0.35 on these 4 KB, 128 px photos
-    # measures 0.93 here (0.82-0.88 on 250 further photos): the float model itself changes its answer on
-    # 13-17 % of them under +-2 grey levels of pixel noise, so near-ties flip. A broken calibration scores ~0.2.
-    assert check["int8"]["top1_agreement"] >= 0.85
+    # The issue asks >= 0.95 for int8; bias correction lifts it from 0.89 to 0.95-0.98 here (calibration seeds
+    # 0-2), but on 44 photos one flip is 2.3 points. Next test: the issue's figure on 500 further photos.
+    assert check["int8"]["top1_agreement"] >= 0.9
 
     # the recorded figure is what the file gives: recompute int8 with the bare interpreter
     path = served.folder.path / served.exports["tflite"].files["int8"]["path"]
-    interpreter = _interpreter(path)
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    assert inp["dtype"] == np.uint8 and inp["quantization"] == (1.0, 0)  # raw pixels go in as they are
-    assert tuple(inp["shape"][1:]) == (served.size, served.size, 3) and out["dtype"] == np.uint8
-    interpreter.allocate_tensors()
-    scale, zero = out["quantization"]
-    answers = []
-    for pixels in served.val_pixels:
-        interpreter.set_tensor(inp["index"], pixels[None])
-        interpreter.invoke()
-        answers.append((interpreter.get_tensor(out["index"])[0].astype(np.float32) - zero) * scale)
+    answers = _int8_probabilities(path, served.val_pixels)
     expected = served.keras_probabilities(served.val_pixels)
-    assert np.mean(np.argmax(answers, 1) == expected.argmax(1)) == check["int8"]["top1_agreement"]
+    assert np.mean(answers.argmax(1) == expected.argmax(1)) == check["int8"]["top1_agreement"]
     labels = (path.parent / "labels.txt").read_text().split()
     assert labels == served.folder.class_names()
 
 
-def _buffer_bytes_by_type(path) -> Counter:
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(path.read_bytes(), 0))
-    sizes = Counter()
+def test_int8_agrees_with_keras_on_500_further_photos(served, shared):
+    """The issue's int8 figure on enough images: 100 photos per class that training never saw (it used the
+    first 40). Measured 0.950 (0.946-0.954 over calibration seeds); without bias correction 0.874."""
+    classes = sorted(p for p in (shared / "data" / "flowers5").iterdir() if p.is_dir())
+    pixels, failures, _ = decode_all([f for c in classes for f in sorted(c.iterdir())[200:300]], served.size, "further")
+    assert not failures and len(pixels) == 500
+    path = served.folder.path / served.exports["tflite"].files["int8"]["path"]
+    agreement = np.mean(_int8_probabilities(path, pixels).argmax(1) == served.keras_probabilities(pixels).argmax(1))
+    assert agreement >= 0.93
+
+
+def test_bias_correction_changes_only_biases_of_a_copy(served):
+    model = served.model
+    before = [w.copy() for w in model.get_weights()]
+    corrected = bias_corrected(model, served.val_pixels[:16])
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))  # the trained model is untouched
+    changed = [v.path for v, w in zip(corrected.weights, before) if not np.array_equal(v.numpy(), w)]
+    assert changed and all(p.endswith(("/bias", "/moving_mean")) for p in changed)  # kernels are kept
+
+
+def _flatbuffer_bytes(data: bytes) -> tuple[Counter, int]:
+    """Constant-buffer bytes by tensor type, and the bytes of the quantization tables (a float32 scale and
+    an int64 zero point per channel, as the TFLite schema stores them)."""
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
+    sizes, tables = Counter(), 0
     for tensor in model.subgraphs[0].tensors:
-        data = model.buffers[tensor.buffer].data
-        sizes[tensor.type] += 0 if data is None else len(data)
-    return sizes
+        buffer = model.buffers[tensor.buffer].data
+        sizes[tensor.type] += 0 if buffer is None else len(buffer)
+        if tensor.quantization is not None and tensor.quantization.scale is not None:
+            tables += 4 * len(tensor.quantization.scale) + 8 * len(tensor.quantization.zeroPoint)
+    return sizes, tables
 
 
 def test_int8_is_full_integer_and_weights_take_a_quarter(served):
@@ -63,18 +94,34 @@ def test_int8_is_full_integer_and_weights_take_a_quarter(served):
     dtypes = {t["dtype"] for t in interpreter.get_tensor_details()}
     assert dtypes <= {np.uint8, np.int8, np.int32}  # no float tensor anywhere: integer-only inference
 
-    int8_weights = _buffer_bytes_by_type(files["int8"])
-    float_weights = _buffer_bytes_by_type(files["float32"])
-    assert schema.TensorType.INT8 not in float_weights
+    int8_weights, tables = _flatbuffer_bytes(files["int8"].read_bytes())
+    float_weights, no_tables = _flatbuffer_bytes(files["float32"].read_bytes())
+    assert schema.TensorType.INT8 not in float_weights and no_tables == 0
     weights = int8_weights[schema.TensorType.INT8] + int8_weights[schema.TensorType.INT32]  # kernels + biases
     assert weights <= float_weights[schema.TensorType.FLOAT32] / 3.5
 
     sizes = {v: p.stat().st_size for v, p in files.items()}
     assert sizes["float16"] <= 0.56 * sizes["float32"] and sizes["dynamic"] <= 0.36 * sizes["float32"]
-    # The issue asks int8 <= 1/3 of float32. Per-channel quantization stores a float scale and an int64 zero
-    # point per output channel for kernel and bias (~170 KB for MobileNetV2-0.35's 7,000 channels), which
-    # on this 0.4 M-parameter base makes the file 0.40 of float32 (alpha 1.0: 0.30; MobileNet 1.0: 0.27).
-    assert sizes["int8"] <= 0.41 * sizes["float32"]
+    # The issue's 1/3 holds for the shipped bases (next test), not for this 0.4 M-parameter one: per-channel
+    # quantization keeps a scale and a zero point per output channel of every kernel and of every int32 bias
+    # (14,000 channels, ~170 KB, a quarter of the file). Everything else fits in 1/3 of float32.
+    assert sizes["int8"] - tables <= sizes["float32"] / 3 < sizes["int8"] <= 0.41 * sizes["float32"]
+
+
+@pytest.mark.parametrize("base", ["mobilenet_v2", "mobilenet"])
+def test_int8_file_is_at_most_a_third_of_float32_for_the_shipped_bases(base, flowers_small):
+    """The recipes' alpha 1.0 bases; the file size does not depend on the weight values or the image size,
+    so random weights at 32 px give the sizes of the trained 224 px files."""
+    from tlkit import load_recipe, override
+    from tlkit.model import build_classifier
+    from tlkit.weights import ResolvedWeights
+
+    recipe = override(load_recipe(base), ["image_size=32", "weights=none"])
+    assert recipe.alpha == 1.0
+    model = build_classifier(recipe, 5, ResolvedWeights("none", None)).model
+    photos, _, _ = decode_all(sorted(flowers_small.rglob("*.jpg"))[::40], recipe.size, "calibration")
+    sizes = {v: len(convert(model, recipe.size, v, photos)) for v in ("float32", "int8")}
+    assert sizes["int8"] <= sizes["float32"] / 3
 
 
 def test_int8_calibration_uses_training_photos(served):
