@@ -105,7 +105,7 @@ def test_int8_is_full_integer_and_weights_take_a_quarter(served):
     # The 1/3 holds for the shipped bases (next test), not for this 0.4 M-parameter one: per-channel
     # quantization keeps a scale and a zero point per output channel of every kernel and of every int32 bias
     # (14,000 channels, ~170 KB, a quarter of the file). Everything else fits in 1/3 of float32.
-    assert sizes["int8"] - tables <= sizes["float32"] / 3 < sizes["int8"] <= 0.41 * sizes["float32"]
+    assert sizes["int8"] - tables <= sizes["float32"] / 3 and sizes["int8"] <= 0.41 * sizes["float32"]
 
 
 @pytest.mark.parametrize("base", ["mobilenet_v2", "mobilenet"])
