@@ -62,7 +62,8 @@ def run_tlkit(args, work: Path):
             "stages.1.unfreeze_from=block_13_project_BN", "stages.0.patience=null", "stages.1.patience=null"]
     command = [sys.executable, "-m", "tlkit.cli", "run", "mobilenet_v2", "--data", args.data, "--out", str(run_dir),
                "--image-size", str(args.size), "--epochs", f"{args.head_epochs},{args.finetune_epochs}",
-               "--weights-dir", str(args.weights_dir), "--cache-dir", str(work / "cache"),
+               "--weights-dir", str(args.weights_dir),
+               "--cache-dir", str(run_dir / "cache"),  # cold every round: no features or pixels from an earlier one
                *[x for s in sets for x in ("--set", s)]]
     started = time.perf_counter()
     subprocess.run(command, capture_output=True, text=True, check=True)
