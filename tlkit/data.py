@@ -4,6 +4,7 @@ the classes, class weights. :func:`load_data` is the one way a run gets its data
 from __future__ import annotations
 
 import functools
+import contextlib
 import hashlib
 import io
 import json
@@ -338,7 +339,8 @@ def _decoded(listing: Listing, by_split: dict[str, list[Item]], size: int,
     folder = store.root / "images" / key
     event = "reused"
     if (folder / "meta.json").is_file():
-        (folder / "meta.json").touch()  # last used now, for `tlkit cache clear --older-than`
+        with contextlib.suppress(OSError):  # a read-only cache is still reused
+            (folder / "meta.json").touch()  # last used now, for `tlkit cache clear --older-than`
     else:
         tmp = folder.with_name(key + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
