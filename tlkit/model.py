@@ -122,9 +122,12 @@ def unfreeze_index(recipe: Recipe, base: keras.Model, stage: FineTune) -> int:
 
 def inference(model: keras.Model):
     """``model(x, training=False)`` as one traced function for any batch size, usable outside a strategy's
-    replica context (Keras' predict splits batches across replicas under MirroredStrategy)."""
+    replica context (Keras' predict splits batches across replicas under MirroredStrategy). Traced once: the
+    batch dimension is left open, so a short last batch does not trace again."""
     import tensorflow as tf
-    return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    (inputs,) = model.inputs
+    spec = tf.TensorSpec((None, *inputs.shape[1:]), inputs.dtype)
+    return tf.function(lambda x: model(x, training=False), input_signature=[spec])
 
 
 def cut_index(recipe: Recipe, base: keras.Model, stage) -> int:

@@ -42,8 +42,7 @@ def test_tflite_variants_agree_with_keras_on_validation_photos(served):
     assert check["float32"]["top1_agreement"] >= 0.99 and check["float32"]["max_probability_difference"] < 1e-4
     assert check["float16"]["top1_agreement"] >= 0.99 and check["float16"]["max_probability_difference"] < 0.1
     assert check["dynamic"]["top1_agreement"] >= 0.9
-    # The issue asks >= 0.95 for int8; bias correction lifts it from 0.89 to 0.95-0.98 here (calibration seeds
-    # 0-2), but on 44 photos one flip is 2.3 points. Next test: the issue's figure on 500 further photos.
+    # On 44 photos one changed answer is 2.3 points; the next test measures int8 on 4,117 photos.
     assert check["int8"]["top1_agreement"] >= 0.9
 
     # the recorded figure is what the file gives: recompute int8 with the bare interpreter
@@ -55,12 +54,14 @@ def test_tflite_variants_agree_with_keras_on_validation_photos(served):
     assert labels == served.folder.class_names()
 
 
-def test_int8_agrees_with_keras_on_500_further_photos(served, shared):
-    """The issue's int8 figure on enough images: 100 photos per class that training never saw (it used the
-    first 40). Measured 0.950 (0.946-0.954 over calibration seeds); without bias correction 0.874."""
+def test_int8_agrees_with_keras_on_every_photo_training_never_saw(served, shared):
+    """The issue's int8 figure on a large real sample: the 4,117 flowers5 photos beyond the first 40 per class
+    the run used. Measured 0.945 (calibration seeds 0 / 1 / 2: 0.945 / 0.946 / 0.943); without bias correction
+    0.876. The issue asks 0.95: this small model (MobileNetV2 0.35 at 96 px, 64 % on its validation split, 4.5 %
+    of its answers within 0.05 of a tie) stays just under it, so the test holds what post-training int8 gives."""
     classes = sorted(p for p in (shared / "data" / "flowers5").iterdir() if p.is_dir())
-    pixels, failures, _ = decode_all([f for c in classes for f in sorted(c.iterdir())[200:300]], served.size, "further")
-    assert not failures and len(pixels) == 500
+    pixels, failures, _ = decode_all([f for c in classes for f in sorted(c.iterdir())[40:]], served.size, "unseen")
+    assert not failures and len(pixels) == 4117
     path = served.folder.path / served.exports["tflite"].files["int8"]["path"]
     agreement = np.mean(_int8_probabilities(path, pixels).argmax(1) == served.keras_probabilities(pixels).argmax(1))
     assert agreement >= 0.93
