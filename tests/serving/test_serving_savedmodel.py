@@ -111,16 +111,27 @@ def _jpeg_with_orientation(source: Image.Image, orientation: int, big_endian: bo
 
 
 def test_serving_decoder_gives_training_pixels_for_every_orientation_and_format(shared, tmp_path):
-    """Pillow (training) and the exported graph decode every file to the same pixels, EXIF orientation included."""
+    """Pillow (training) and the exported graph decode every file to the same pixels: EXIF orientation, grayscale,
+    CMYK and progressive JPEG, alpha, palette and 16-bit PNG, animated GIF (first frame), WebP with alpha."""
     photo = Image.open(shared / "data" / "imagenet_samples" / "parrot.jpg").convert("RGB").resize((150, 96))
     files = {f"o{o}.jpg": _jpeg_with_orientation(photo, o) for o in range(1, 9)}
     files["o6_big_endian.jpg"] = _jpeg_with_orientation(photo, 6, big_endian=True)
     for name in ("owl.jpg", "hot_dog.jpg", "dragonfly.bmp"):
         files[name] = (shared / "data" / "imagenet_samples" / name).read_bytes()
-    for fmt in ("PNG", "GIF", "BMP", "WEBP"):
+    transparent = np.array(photo.convert("RGBA"))
+    transparent[:40, :40, 3] = 0
+    gray16 = Image.fromarray(np.array(photo.convert("L")).astype(np.uint16) * 257)
+    for name, image, fmt, options in [
+            ("photo.png", photo, "PNG", {}), ("photo.gif", photo, "GIF", {}), ("photo.bmp", photo, "BMP", {}),
+            ("photo.webp", photo, "WEBP", {}), ("gray.jpg", photo.convert("L"), "JPEG", {}),
+            ("cmyk.jpg", photo.convert("CMYK"), "JPEG", {}), ("progressive.jpg", photo, "JPEG", {"progressive": True}),
+            ("transparent.png", Image.fromarray(transparent), "PNG", {}), ("la.png", photo.convert("LA"), "PNG", {}),
+            ("palette.png", photo.convert("P"), "PNG", {}), ("gray16.png", gray16, "PNG", {}),
+            ("animated.gif", photo, "GIF", {"save_all": True, "append_images": [photo.rotate(90)]}),
+            ("rgba.webp", photo.convert("RGBA"), "WEBP", {}), ("gray.bmp", photo.convert("L"), "BMP", {})]:
         buffer = io.BytesIO()
-        photo.save(buffer, fmt)
-        files[f"photo.{fmt.lower()}"] = buffer.getvalue()
+        image.save(buffer, fmt, **options)
+        files[name] = buffer.getvalue()
     upright = {}
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
