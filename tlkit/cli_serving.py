@@ -75,7 +75,7 @@ def predict_command(model, images, top_k, as_json, as_csv):
         writer.writerow(["file"] + [f"{col}_{i}" for i in range(1, k + 1) for col in ("class", "probability")])
         for p in predictions:
             writer.writerow([p.path] + [v for c, prob in p.top for v in (c, f"{prob:.6f}")])
-    else:
+    elif predictions:
         _table([[str(p.path), p.top[0][0], f"{p.top[0][1]:.4f}", ", ".join(f"{c} {v:.4f}" for c, v in p.top)]
                 for p in predictions], ["file", "class", "probability", f"top-{top_k}"])
     for path, reason in failures:

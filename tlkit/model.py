@@ -121,12 +121,12 @@ def unfreeze_index(recipe: Recipe, base: keras.Model, stage: FineTune) -> int:
 
 
 def inference(model: keras.Model):
-    """``model(x, training=False)`` as one traced function for any batch size, usable outside a strategy's
-    replica context (Keras' predict splits batches across replicas under MirroredStrategy). Traced once: the
-    batch dimension is left open, so a short last batch does not trace again."""
+    """``model(x, training=False)`` on float32 batches ``x`` of any size (Keras casts them to the model's compute
+    dtype), usable outside a strategy's replica context (Keras' predict splits batches across replicas under
+    MirroredStrategy). Traced once: the batch dimension is left open, so a short last batch does not retrace."""
     import tensorflow as tf
     (inputs,) = model.inputs
-    spec = tf.TensorSpec((None, *inputs.shape[1:]), inputs.dtype)
+    spec = tf.TensorSpec((None, *inputs.shape[1:]), tf.float32)
     return tf.function(lambda x: model(x, training=False), input_signature=[spec])
 
 

@@ -85,6 +85,8 @@ def test_predict_names_each_unreadable_file_and_exits_nonzero(served, tmp_path):
     for bad in (missing, tmp_path / "empty.png", tmp_path / "notes.txt", tmp_path / "truncated.jpg"):
         line = next(e for e in errors if e.startswith(f"tlkit: cannot read {bad}: "))
         assert len(line) > len(f"tlkit: cannot read {bad}: ") + 3  # a reason follows the path
+    nothing_read = _predict(served.savedmodel, tmp_path / "notes.txt")
+    assert nothing_read.exit_code == 1 and nothing_read.stdout == ""  # no empty table
 
 
 def test_predict_rejects_what_is_not_a_model(tmp_path, served):
