@@ -18,6 +18,7 @@ from tlkit.runfolder import RunFolder
 log = logging.getLogger(__name__)
 
 BATCH = 32
+LOW_AGREEMENT = 0.95  # below this top-1 agreement with Keras, `export --check` warns
 
 
 def read_labels(path: Path) -> list[str]:
@@ -207,3 +208,7 @@ def check_exports(folder: RunFolder, exports: list[Export], model) -> None:
             log.info("check %s %s: top-1 agreement %.4f, max probability difference %.2g on %d validation "
                      "images", export.format, variant, export.check[variant]["top1_agreement"],
                      export.check[variant]["max_probability_difference"], len(pixels))
+            if export.check[variant]["top1_agreement"] < LOW_AGREEMENT:
+                log.warning("%s %s changes %.1f %% of the Keras answers on the validation images; serve a float "
+                            "variant where answers must match the trained model", export.format, variant,
+                            100 * (1 - export.check[variant]["top1_agreement"]))

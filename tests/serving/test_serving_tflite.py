@@ -56,15 +56,35 @@ def test_tflite_variants_agree_with_keras_on_validation_photos(served):
 
 def test_int8_agrees_with_keras_on_every_photo_training_never_saw(served, shared):
     """The issue's int8 figure on a large real sample: the 4,117 flowers5 photos beyond the first 40 per class
-    the run used. Measured 0.945 (calibration seeds 0 / 1 / 2: 0.945 / 0.946 / 0.943); without bias correction
-    0.876. The issue asks 0.95: this small model (MobileNetV2 0.35 at 96 px, 64 % on its validation split, 4.5 %
-    of its answers within 0.05 of a tie) stays just under it, so the test holds what post-training int8 gives."""
+    the run used. Measured 0.952 (calibration seeds 0 / 1 / 2: 0.952 / 0.946 / 0.948); with min/max ranges and
+    pixels rounded to 1.5 grey levels, 0.945 / 0.946 / 0.943; without bias correction as well, 0.876. The issue
+    asks 0.95: this small model (MobileNetV2 0.35 at 96 px, 64 % on its validation split, 4.5 % of its answers
+    within 0.05 of a tie) sits at it, so the test holds what post-training int8 reliably gives."""
     classes = sorted(p for p in (shared / "data" / "flowers5").iterdir() if p.is_dir())
     pixels, failures, _ = decode_all([f for c in classes for f in sorted(c.iterdir())[40:]], served.size, "unseen")
     assert not failures and len(pixels) == 4117
     path = served.folder.path / served.exports["tflite"].files["int8"]["path"]
     agreement = np.mean(_int8_probabilities(path, pixels).argmax(1) == served.keras_probabilities(pixels).argmax(1))
-    assert agreement >= 0.93
+    assert agreement >= 0.94
+
+
+def test_int8_input_keeps_every_grey_level(served):
+    """The first int8 tensor, x / 127.5, holds each pixel exactly: tlkit gives the converter its range [0, 2]
+    (calibrated, it gets [-1, 2] and rounds pixels to 1.5 grey levels)."""
+    path = served.folder.path / served.exports["tflite"].files["int8"]["path"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    image = served.val_pixels[0]
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image[None])
+    interpreter.invoke()
+    scaled = [t for t in interpreter.get_tensor_details()[1:] if tuple(t["shape"][1:]) == image.shape
+              and t["dtype"] == np.int8 and np.isclose(t["quantization"][0], 2 / 255)]
+    assert scaled, "no int8 tensor with one level per grey level"
+    scale, zero = scaled[0]["quantization"]
+    values = (interpreter.get_tensor(scaled[0]["index"])[0].astype(np.float64) - zero) * scale
+    np.testing.assert_allclose(values, image / 127.5, atol=1e-6)
 
 
 def test_bias_correction_changes_only_biases_of_a_copy(served):
