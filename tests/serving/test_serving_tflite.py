@@ -1,5 +1,7 @@
 """TFLite variants answer as the Keras model does on real validation photos; int8 is full-integer, calibrated on
 training photos, and small."""
+import copy
+import logging
 import warnings
 from collections import Counter
 
@@ -52,6 +54,21 @@ def test_tflite_variants_agree_with_keras_on_validation_photos(served):
     assert np.mean(answers.argmax(1) == expected.argmax(1)) == check["int8"]["top1_agreement"]
     labels = (path.parent / "labels.txt").read_text().split()
     assert labels == served.folder.class_names()
+
+
+def test_export_check_warns_about_variants_that_change_answers(served, monkeypatch, caplog):
+    from tlkit import predict
+
+    monkeypatch.setattr(predict, "LOW_AGREEMENT", 0.99)  # the 44 photos give int8 0.955: below this floor
+    export = copy.deepcopy(served.exports["tflite"])
+    with caplog.at_level(logging.WARNING, logger="tlkit.predict"):
+        predict.check_exports(served.folder, [export], served.model)
+    low = {v for v, c in export.check.items() if c["top1_agreement"] < 0.99}
+    assert "int8" in low and "float32" not in low
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == len(low) and all(any(f"tflite {v} changes" in m for m in warned) for v in low)
+    changed = 100 * (1 - export.check["int8"]["top1_agreement"])
+    assert any(f"int8 changes {changed:.1f} % of the Keras answers" in m for m in warned)
 
 
 def test_int8_agrees_with_keras_on_every_photo_training_never_saw(served, shared):
