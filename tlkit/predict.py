@@ -203,12 +203,12 @@ def check_exports(folder: RunFolder, exports: list[Export], model) -> None:
     reference = np.asarray(probabilities(model.predict(pixels.astype(np.float32), batch_size=BATCH, verbose=0)))
     for export in exports:
         for variant, entry in export.files.items():
-            export.check[variant] = agreement(reference, load_predictor(folder.path / entry["path"])
-                                              .probabilities(pixels))
+            result = export.check[variant] = agreement(reference, load_predictor(folder.path / entry["path"])
+                                                       .probabilities(pixels))
             log.info("check %s %s: top-1 agreement %.4f, max probability difference %.2g on %d validation "
-                     "images", export.format, variant, export.check[variant]["top1_agreement"],
-                     export.check[variant]["max_probability_difference"], len(pixels))
-            if export.check[variant]["top1_agreement"] < LOW_AGREEMENT:
+                     "images", export.format, variant, result["top1_agreement"],
+                     result["max_probability_difference"], len(pixels))
+            if result["top1_agreement"] < LOW_AGREEMENT:
                 log.warning("%s %s changes %.1f %% of the Keras answers on the validation images; serve a float "
                             "variant where answers must match the trained model", export.format, variant,
-                            100 * (1 - export.check[variant]["top1_agreement"]))
+                            100 * (1 - result["top1_agreement"]))

@@ -63,8 +63,13 @@ def bias_corrected(model, pixels: np.ndarray):
     for layer in copy.layers[1:]:  # the classifier is a chain: image, augment, preprocess, base, head
         if isinstance(layer, keras.Model):
             _correct_biases(layer, x)
-        x = np.concatenate([np.asarray(layer(x[i:i + _BATCH], training=False)) for i in range(0, len(x), _BATCH)])
+        x = _forward(layer, x)
     return copy
+
+
+def _forward(layer, x: np.ndarray) -> np.ndarray:
+    """``layer``'s inference output on ``x``, in batches."""
+    return np.concatenate([np.asarray(layer(x[i:i + _BATCH], training=False)) for i in range(0, len(x), _BATCH)])
 
 
 def _correct_biases(model, inputs: np.ndarray) -> None:
@@ -113,7 +118,7 @@ def with_clipped_ranges(model, pixels: np.ndarray):
             outputs = _with_ranges(layer, _clipped_ranges(layer, x))(outputs)
         else:
             outputs = layer(outputs)
-        x = np.concatenate([np.asarray(layer(x[i:i + _BATCH], training=False)) for i in range(0, len(x), _BATCH)])
+        x = _forward(layer, x)
     return keras.Model(inputs, outputs)
 
 

@@ -15,10 +15,10 @@ from tlkit.export import representative_pixels
 from tlkit.tflite import bias_corrected, convert
 
 
-def _interpreter(path):
+def _interpreter(path, **options):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return tf.lite.Interpreter(model_path=str(path))
+        return tf.lite.Interpreter(model_path=str(path), **options)
 
 
 def _int8_probabilities(path, pixels) -> np.ndarray:
@@ -89,9 +89,7 @@ def test_int8_input_keeps_every_grey_level(served):
     """The first int8 tensor, x / 127.5, holds each pixel exactly: tlkit gives the converter its range [0, 2]
     (calibrated, it gets [-1, 2] and rounds pixels to 1.5 grey levels)."""
     path = served.folder.path / served.exports["tflite"].files["int8"]["path"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        interpreter = tf.lite.Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
+    interpreter = _interpreter(path, experimental_preserve_all_tensors=True)
     interpreter.allocate_tensors()
     image = served.val_pixels[0]
     interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image[None])
