@@ -22,7 +22,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 def pipeline_rate(data_source, recipe, store) -> tuple[float, int, object]:
     """Images/s of load_data (decoded-image cache in ``store``) plus one pass over every split's batches."""
     from tlkit.data import load_data
-    from tlkit.train import image_dataset
+    from tlkit.training.datasets import image_dataset
 
     started = time.perf_counter()
     data = load_data(data_source, recipe.size, recipe.data, store)
@@ -65,7 +65,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=2, help="rounds measured; the best of each figure is shown")
     args = parser.parse_args()
 
-    from tlkit.cache import FeatureStore, memory_budget
+    from tlkit.storage import ArrayStore, memory_budget
     from tlkit.recipe import Recipe
 
     recipe = Recipe(description="pipeline benchmark", base="mobilenet_v2", alpha=0.35, image_size=args.size,
@@ -81,7 +81,7 @@ def main():
         before = forward()
         with tempfile.TemporaryDirectory(prefix="tlkit-bench-") as cache:
             for key, budget in budgets.items():
-                rate, images, data = pipeline_rate(args.data, recipe, FeatureStore(Path(cache), budget))
+                rate, images, data = pipeline_rate(args.data, recipe, ArrayStore(Path(cache), budget))
                 rates[key].append(rate)
         rates["forward"].append((before + forward()) / 2)
 

@@ -16,8 +16,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tlkit.export import read_manifest  # noqa: E402
-from tlkit.predict import load_predictor, validation_pixels  # noqa: E402
+from tlkit.serving.layout import read_manifest  # noqa: E402
+from tlkit.serving.predictors import load_predictor  # noqa: E402
 from tlkit.runfolder import RunFolder  # noqa: E402
 
 
@@ -57,7 +57,7 @@ def main():
     for label, entry in files.items():
         predictor = load_predictor(folder.path / entry["path"])
         if pixels is None:
-            pixels = validation_pixels(folder, predictor.size)[:1]
+            pixels = folder.split_pixels("val", predictor.size, "latency", 1)
         rows.append((label, entry["bytes"], timings(lambda: predictor.probabilities(pixels), args.runs)))
         if label == "SavedModel":
             serve = predictor.loaded.signatures["serving_default"]

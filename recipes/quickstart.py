@@ -1,5 +1,5 @@
 """Quickstart: MobileNetV2 (alpha 0.35) on the bundled shapes images, both stages, in about a minute."""
-from pathlib import Path
+from importlib.resources import files
 
 from tlkit import Augment, Data, FeatureExtraction, FineTune, Head, Recipe
 
@@ -9,7 +9,7 @@ recipe = Recipe(
     weights="auto",  # ImageNet if the file is cached or in TLKIT_WEIGHTS_DIR, else random init (recorded)
     head=Head(dropout=0.2),
     augment=Augment(flip="horizontal"),
-    data=Data(path=str(Path(__file__).resolve().parents[1] / "data" / "shapes"), val_fraction=0.25),
+    data=Data(path=str(files("tlkit.sample_data") / "shapes"), val_fraction=0.25),  # installed with tlkit
     stages=(
         FeatureExtraction(epochs=8, learning_rate=1e-3),
         FineTune(epochs=4, learning_rate=1e-4, unfreeze_blocks=3),

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from tlkit import Augment, Head, Recipe
 from tlkit.data import load_data
-from tlkit.export import export_savedmodel
+from tlkit.serving.export import export_savedmodel
 from tlkit.model import build_classifier
 from tlkit.weights import ResolvedWeights
 

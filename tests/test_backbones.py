@@ -5,8 +5,8 @@ import pytest
 from tlkit import FineTune, load_recipe, override
 from tlkit.backbones import BACKBONES
 from tlkit.model import build_classifier, set_trainable
-from tlkit.optim import OPTIMIZERS
-from tlkit.train import loss_for
+from tlkit.training.optim import OPTIMIZERS
+from tlkit.training.loop import loss_for
 from tlkit.weights import ResolvedWeights
 
 RANDOM = ResolvedWeights("none", None)

@@ -101,21 +101,14 @@ def test_each_flip_replica_holds_the_base_output_of_that_flip_at_every_cut(flowe
     import keras
     import tensorflow as tf
 
-    from tlkit.cache import FeatureStore, frontier
-    from tlkit.data import load_data
-    from tlkit.distribute import current_placement
-    from tlkit.model import build_classifier
-    from tlkit.cache import feature_fingerprint
-    from tlkit.train import Trainer
-    from tlkit.weights import resolve_weights
+    from tlkit.session import prepare
+    from tlkit.training.features import frontier
 
     recipe = _recipe("augment.flip=horizontal", "stages.1.unfreeze_blocks=2")
-    data = load_data(str(flowers_small), recipe.size, recipe.data)
-    weights = resolve_weights(recipe.base, recipe.alpha, recipe.size, "imagenet", str(weights_dir))
-    classifier = build_classifier(recipe, len(data.class_names), weights)
-    trainer = Trainer(classifier, recipe, data, FeatureStore(tmp_path, 2**30), feature_fingerprint(recipe, weights, data),
-                      current_placement())
-    trainer._prepare_features()
+    session = prepare(recipe, flowers_small, weights_dir=str(weights_dir), cache_dir=tmp_path)
+    classifier, data = session.classifier, session.data
+    trainer = session.trainer()
+    trainer.prepare_features()
     base, images = classifier.base, data.splits["train"].images[:37].astype("float32")
     (low, high) = sorted(trainer.features)
     assert high == len(base.layers)

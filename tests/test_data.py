@@ -11,7 +11,8 @@ from PIL import Image
 
 from tlkit import Data, TlkitError, load_recipe, override
 from tlkit.cli import cli
-from tlkit.data import ImageData, assign_splits, decode_image, load_data, read_image, read_pixels
+from tlkit.data import ImageData, assign_splits, load_data
+from tlkit.images import decode_image, read_image, read_pixels
 from tlkit.runfolder import RunFolder
 from tlkit.sources import Item
 
@@ -279,10 +280,10 @@ def test_class_weights_auto_and_explicit(tmp_path):
 
 
 def test_decoded_images_are_cached_and_memory_mapped_over_budget(tmp_path, shapes):
-    from tlkit.cache import FeatureStore
-    roomy = FeatureStore(tmp_path / "cache", budget_bytes=10**9)
+    from tlkit.storage import ArrayStore
+    roomy = ArrayStore(tmp_path / "cache", budget_bytes=10**9)
     first = load_data(shapes, 32, Data(), roomy)
-    again = load_data(shapes, 32, Data(), FeatureStore(tmp_path / "cache", budget_bytes=0))
+    again = load_data(shapes, 32, Data(), ArrayStore(tmp_path / "cache", budget_bytes=0))
     assert (first.decoded["event"], first.decoded["where"]) == ("computed", "RAM")
     assert (again.decoded["event"], again.decoded["where"]) == ("reused", "disk (memory-mapped)")
     assert roomy.used == first.decoded["bytes"]  # the RAM it holds counts against the shared budget

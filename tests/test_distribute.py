@@ -180,7 +180,7 @@ def fake_gpus(monkeypatch):
     """Pretend TensorFlow sees GPUs: detection, memory growth and the strategy constructors are recorded."""
     import tensorflow as tf
 
-    import tlkit.distribute as distribute
+    import tlkit.training.distribute as distribute
     calls = {"growth": [], "strategies": []}
 
     def install(count, capability=(8, 0)):
@@ -190,7 +190,8 @@ def fake_gpus(monkeypatch):
         monkeypatch.setattr(tf.config.experimental, "get_device_details",
                             lambda d: {"compute_capability": capability})
         monkeypatch.setattr(tf.config, "list_logical_devices",
-                            lambda kind=None: [_FakeGPU(f"/device:GPU:{i}") for i in range(count)] if kind == "GPU" else [])
+                            lambda kind=None: [_FakeGPU(f"/device:GPU:{i}") for i in range(count)]
+                            if kind == "GPU" else [])
         for name in ("MirroredStrategy", "OneDeviceStrategy", "MultiWorkerMirroredStrategy"):
             monkeypatch.setattr(tf.distribute, name,
                                 lambda *a, _name=name: calls["strategies"].append((_name, a)) or _name)
@@ -199,7 +200,7 @@ def fake_gpus(monkeypatch):
 
 
 def test_one_gpu_gets_memory_growth_and_its_own_strategy(fake_gpus):
-    from tlkit.distribute import choose_precision, choose_strategy
+    from tlkit.training.distribute import choose_precision, choose_strategy
     calls = fake_gpus(1)
     assert choose_strategy("auto") == ("OneDeviceStrategy", "gpu")
     assert calls["strategies"] == [("OneDeviceStrategy", ("/gpu:0",))]
@@ -208,7 +209,7 @@ def test_one_gpu_gets_memory_growth_and_its_own_strategy(fake_gpus):
 
 
 def test_several_gpus_are_mirrored(fake_gpus):
-    from tlkit.distribute import choose_strategy
+    from tlkit.training.distribute import choose_strategy
     calls = fake_gpus(4)
     assert choose_strategy("auto") == ("MirroredStrategy", "mirrored")
     assert calls["strategies"] == [("MirroredStrategy", ([f"/device:GPU:{i}" for i in range(4)],))]
@@ -216,7 +217,7 @@ def test_several_gpus_are_mirrored(fake_gpus):
 
 
 def test_tf_config_means_multiworker_even_with_gpus(fake_gpus, monkeypatch):
-    from tlkit.distribute import choose_strategy
+    from tlkit.training.distribute import choose_strategy
     fake_gpus(2)
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
                                                 "task": {"type": "worker", "index": 0}}))
@@ -224,7 +225,7 @@ def test_tf_config_means_multiworker_even_with_gpus(fake_gpus, monkeypatch):
 
 
 def test_old_gpus_and_cpus_train_in_float32(fake_gpus):
-    from tlkit.distribute import choose_precision
+    from tlkit.training.distribute import choose_precision
     fake_gpus(1, capability=(6, 1))
     assert choose_precision("auto") == "float32"
 

@@ -10,9 +10,10 @@ from sklearn import metrics
 
 from tlkit import load_recipe, override, run
 from tlkit.cli import cli
-from tlkit.data import decode_image
-from tlkit.evaluate import Evaluation, figures
-from tlkit.report import misclassified_sheet, training_curves
+from tlkit.images import decode_image
+from tlkit.evaluation.evaluate import Evaluation
+from tlkit.evaluation.metrics import figures
+from tlkit.evaluation.report import misclassified_sheet, training_curves
 from tlkit.runfolder import RunFolder
 
 
@@ -154,7 +155,7 @@ def test_run_report_equals_scikit_learn_on_the_models_predictions(tiny_run):
     classes = tiny_run.class_names()
     labels = np.array([classes.index(r["label"]) for r in rows])
     pixels = np.stack([decode_image(Path(r["path"]), 96) for r in rows]).astype(np.float32)
-    probabilities = np.asarray(tiny_run.load_model(compile=False)(pixels, training=False))
+    probabilities = np.asarray(tiny_run.load_model()(pixels, training=False))
     predicted = probabilities.argmax(1)
 
     assert report["data"] == "val split" and report["images"] == len(rows) > 30

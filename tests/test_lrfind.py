@@ -9,13 +9,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tlkit import load_recipe, override
-from tlkit.cache import FeatureStore
 from tlkit.cli import cli
-from tlkit.data import load_data
 from tlkit.lrfind import running_average, smooth, suggest, sweep
-from tlkit.model import build_classifier
-from tlkit.cache import feature_fingerprint
-from tlkit.weights import resolve_weights
+from tlkit.session import prepare
 
 
 def test_rule_takes_a_tenth_of_the_minimum_of_a_lag_free_smoothing():
@@ -64,13 +60,11 @@ def test_lr_find_on_real_photos_suggests_a_swept_rate_and_plots_it(flowers_small
 def test_fine_tune_sweep_without_cache_trains_earlier_stages_and_restores_the_model(flowers_small, weights_dir):
     recipe = override(load_recipe("quickstart"), ["weights=imagenet", "image_size=64", "cache=false",
                                                   "stages.0.epochs=1"])
-    weights = resolve_weights(recipe.base, recipe.alpha, recipe.size, recipe.weights, str(weights_dir))
-    data = load_data(flowers_small, recipe.size, recipe.data)
-    classifier = build_classifier(recipe, len(data.class_names), weights)
+    session = prepare(recipe, flowers_small, weights_dir=str(weights_dir), cache_memory=0.0)
+    classifier = session.classifier
     base_before = [w.copy() for w in classifier.base.get_weights()]
     head_before = [w.copy() for w in classifier.head.get_weights()]
-    result = sweep(classifier, recipe, data, FeatureStore(budget_bytes=0), feature_fingerprint(recipe, weights, data),
-                   stage_number=2, start=1e-5, end=10.0, steps=20)
+    result = sweep(session, stage_number=2, start=1e-5, end=10.0, steps=20)
     assert (result.stage, result.mode) == ("2:fine_tune", "full forward")
     assert result.feature_seconds == 0 and result.pretrain_seconds > 0
     assert 1e-5 <= result.suggestion <= result.learning_rates[-1] and len(result.losses) <= 20
@@ -88,3 +82,22 @@ def test_bad_sweep_options_are_one_line_errors(flowers_small):
                                           "--weights", "none", *args])
         assert result.exit_code == 2 and message in result.output, result.output
         assert result.output.count("\n") == 1
+
+
+def test_sweep_trains_the_loss_run_trains_class_weights_included(shapes):
+    """lr-find steps through the run's own training step: weighting a class changes the swept loss exactly as
+    it changes the loss `tlkit run` minimises (the weighted mean over the batch)."""
+    sets = ["weights=none", "image_size=32", "augment.flip=none", "head.dropout=0"]
+    plain = prepare(override(load_recipe("quickstart"), sets), shapes, cache_memory=0.0)
+    weighted = prepare(override(load_recipe("quickstart"), [*sets, 'data.class_weight={"circle": 9}']), shapes,
+                       cache_memory=0.0)
+    first = [sweep(session, start=1e-9, end=1e-8, steps=10).losses[0] for session in (plain, weighted)]
+
+    trainer = plain.trainer()
+    trainer.prepare_features()
+    plan = trainer.plans[0]
+    setup = trainer.setup(plan)
+    x, y = next(iter(trainer.datasets(plan, 0)[0]))  # the sweep's first batch
+    per_example = setup.loop.per_example_loss(y, setup.model(x)).numpy()
+    assert first[0] == pytest.approx(per_example.mean(), rel=1e-4)
+    assert first[1] == pytest.approx((np.where(y.numpy() == 0, 9.0, 1.0) * per_example).mean(), rel=1e-4)

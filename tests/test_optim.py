@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from tlkit import FeatureExtraction, FineTune, TlkitError, load_recipe, override, run
-from tlkit.optim import SmoothedSparseCrossentropy, make_optimizer, stage_callbacks
+from tlkit.training.optim import SmoothedSparseCrossentropy, make_optimizer, stage_callbacks
 
 
 def _rates_at(optimizer, steps):
@@ -125,7 +125,7 @@ def test_label_smoothing_matches_smoothed_one_hot_cross_entropy():
 
 
 def test_discriminative_optimizer_and_smoothed_loss_survive_save_and_load(tmp_path):
-    import tlkit.optim  # noqa: F401  (registered classes; RunFolder.load_model imports it too)
+    import tlkit.training.optim  # noqa: F401  (registers the classes)
     inputs = keras.Input((3,))
     base, head = keras.layers.Dense(4, name="base_dense"), keras.layers.Dense(2, activation="softmax", name="head")
     model = keras.Model(inputs, head(base(inputs)))
@@ -204,7 +204,7 @@ def _assert_plateau_rates(fine):
 
 def test_reduce_on_plateau_counts_on_across_a_resume(flowers_small, weights_dir, tmp_path, monkeypatch):
     from tlkit.errors import RunInterrupted
-    from tlkit.train import Loop
+    from tlkit.training.loop import Loop
 
     train_epoch, calls = Loop.train_epoch, []
 

@@ -4,7 +4,8 @@ from click.testing import CliRunner
 
 from tlkit import FeatureExtraction, FineTune, Recipe, TlkitError, load_recipe, override
 from tlkit.cli import cli
-from tlkit.recipe import bundled_recipes, valid_keys
+from tlkit.overrides import valid_keys
+from tlkit.recipe import bundled_recipes
 
 BUNDLED = {"quickstart", "vgg16_features", "resnet50_finetune", "mobilenet", "mobilenet_v2"}
 

@@ -6,7 +6,7 @@ import pytest
 
 from tlkit import load_recipe, override
 from tlkit.model import build_classifier, set_trainable
-from tlkit.summary import parameter_summary
+from tlkit.training.summary import parameter_summary
 from tlkit.weights import resolve_weights
 
 
@@ -37,7 +37,7 @@ def test_summary_matches_keras_counts_in_both_stages(base, alpha, sets, weights_
         assert {"total": summary.total, "trainable": summary.trainable, "frozen": summary.frozen} == \
             _keras_counts(model)
         assert summary.trainable == sum(int(keras.ops.size(w)) for w in model.trainable_weights)
-        expected = [l.name for l in base_model.layers[cut:] if l.trainable_weights]
+        expected = [layer.name for layer in base_model.layers[cut:] if layer.trainable_weights]
         assert summary.trainable_base_layers == expected
         assert all(base_model.get_layer(name).trainable for name in expected)
         assert f"batchnorm={recipe.batchnorm}" in summary.batchnorm

@@ -8,12 +8,9 @@ import pytest
 import tensorflow as tf
 
 from tlkit import load_recipe, override, run
-from tlkit.cache import FeatureStore
-from tlkit.data import load_data
-from tlkit.distribute import place
-from tlkit.model import build_classifier, cut_index
-from tlkit.train import Trainer
-from tlkit.weights import resolve_weights
+from tlkit.model import cut_index
+from tlkit.session import prepare
+from tlkit.training.distribute import place
 
 
 def _recipe(*sets):
@@ -25,34 +22,21 @@ def _weights(model):
     return {w.path: w.numpy() for w in model.weights}
 
 
-def _trainer(classifier, recipe, data, tmp_path, placement):
-    from tlkit.cache import feature_fingerprint
-    weights = resolve_weights(recipe.base, recipe.alpha, recipe.size, recipe.weights)
-    return Trainer(classifier, recipe, data, FeatureStore(tmp_path / "cache"), feature_fingerprint(recipe, weights, data),
-                   placement)
-
-
 @pytest.mark.parametrize("base,alpha,unfreeze", [("mobilenet_v2", 0.35, "stages.1.unfreeze_blocks=3"),
                                                  ("mobilenet", 0.25, "stages.1.unfreeze_blocks=2")])
 def test_stages_move_only_what_they_unfreeze(base, alpha, unfreeze, flowers_small, weights_dir, tmp_path,
                                              monkeypatch):
     monkeypatch.setenv("TLKIT_WEIGHTS_DIR", str(weights_dir))
     recipe = _recipe(f"base={base}", f"alpha={alpha}", "weights=imagenet", unfreeze)
-    data = load_data(flowers_small, recipe.size, recipe.data)
-    weights = resolve_weights(recipe.base, recipe.alpha, recipe.size, recipe.weights)
-    placement = place("cpu", "float32")
-    with placement.strategy.scope():
-        classifier = build_classifier(recipe, len(data.class_names), weights)
-    base_model = classifier.base
+    session = prepare(recipe, flowers_small, cache_dir=tmp_path / "cache", placement=place("cpu", "float32"))
+    base_model = session.classifier.base
     start = _weights(base_model)
 
-    stage_one = override(recipe, ["stages.1.epochs=0"])
-    _trainer(classifier, stage_one, data, tmp_path, placement).run()
+    session.trainer(override(recipe, ["stages.1.epochs=0"])).run()
     after_one = _weights(base_model)
     assert all(np.array_equal(start[k], after_one[k]) for k in start), "stage 1 changed the frozen base"
 
-    stage_two = override(recipe, ["stages.0.epochs=0"])
-    _trainer(classifier, stage_two, data, tmp_path, placement).run()
+    session.trainer(override(recipe, ["stages.0.epochs=0"])).run()
     after_two = _weights(base_model)
     cut = cut_index(recipe, base_model, recipe.stages[1])
     frozen = {w.path for layer in base_model.layers[:cut] for w in layer.weights}
@@ -89,21 +73,21 @@ def test_run_folder_holds_everything(pretrained_run):
         assert (folder / name).is_file(), name
     assert json.loads((folder / "classes.json").read_text()) == ["daisy", "dandelion", "rose", "sunflower", "tulip"]
     history = (folder / "history.csv").read_text().splitlines()
-    assert history[0].startswith("stage,epoch,") and any(l.startswith("2:fine_tune") for l in history[1:])
+    assert history[0].startswith("stage,epoch,") and any(row.startswith("2:fine_tune") for row in history[1:])
     info = json.loads((folder / "run.json").read_text())
     assert [s["mode"] for s in info["stages"]] == ["cached x2", "cached x2"]
     assert info["weights"]["loaded"].endswith("0.35_224_no_top.h5")
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["accuracy"] == pretrained_run.metrics["val"]["accuracy"]
     # the final model is never worse than the best epoch seen: it is the best epoch
-    best_val_loss = min(float(l.split(",")[history[0].split(",").index("val_loss")]) for l in history[1:])
+    best_val_loss = min(float(row.split(",")[history[0].split(",").index("val_loss")]) for row in history[1:])
     assert metrics["val"]["loss"] == pytest.approx(best_val_loss, rel=1e-3)
 
 
 def test_saved_model_answers_raw_images_like_the_keras_model(pretrained_run, shared):
     loaded = tf.saved_model.load(str(pretrained_run.export))
     model = keras.saving.load_model(pretrained_run.folder / "model.keras")
-    from tlkit.data import decode_image
+    from tlkit.images import decode_image
     photos = sorted((shared / "data" / "imagenet_samples").glob("*.jpg"))
     answer = loaded.signatures["serving_default"](images=tf.constant([p.read_bytes() for p in photos]))
     probabilities = answer["probabilities"].numpy()

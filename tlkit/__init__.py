@@ -5,7 +5,8 @@
 >>> result.metrics["val"]["accuracy"]  # doctest: +SKIP
 """
 from tlkit.errors import TlkitError
-from tlkit.recipe import Augment, Data, FeatureExtraction, FineTune, Head, Recipe, load_recipe, override
+from tlkit.overrides import override
+from tlkit.recipe import Augment, Data, FeatureExtraction, FineTune, Head, Recipe, load_recipe
 
 __all__ = ["Augment", "Data", "FeatureExtraction", "FineTune", "Head", "Recipe", "TlkitError", "load_recipe",
            "override", "run"]

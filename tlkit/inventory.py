@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from tlkit.data import class_warnings, imbalance_ratio, parallel, read_image
-from tlkit.progress import progress
+from tlkit.data import class_warnings, imbalance_ratio
+from tlkit.images import parallel, read_image
 from tlkit.sources import list_source
+from tlkit.ui import progress
 
 
 def _shape_and_format(pair) -> tuple[int, int, str]:
@@ -24,8 +25,9 @@ def inventory(source: str | Path, min_per_class: int = 5) -> dict:
     formats = {name: Counter() for name in listing.class_names}
     sizes = {name: [] for name in listing.class_names}
     skipped = list(listing.skipped)
-    for (position, _), shape, reason in progress(parallel(_shape_and_format, listing.payloads(items)),
-                                                 total=len(items), desc="inspect", unit="img"):
+    payloads = listing.payloads([item.origin for item in items])
+    for (position, _), shape, reason in progress(parallel(_shape_and_format, payloads), total=len(items),
+                                                 desc="inspect", unit="img"):
         item = items[position]
         if reason:
             skipped.append((item.origin, reason))

@@ -1,8 +1,8 @@
 """`tlkit lr-find`: fastai's learning-rate range test. Train one batch per step while the rate grows
 exponentially from ``start`` to ``end``, record the loss, suggest a rate, plot loss against rate.
 
-The sweep trains exactly what the stage trains, on cached features when the stage allows (seconds), else
-on full images; stages before it train first as in `tlkit run`. The model is left as it was found.
+The sweep trains exactly what the stage trains, through the same step, on cached features when the stage
+allows, else on full images; stages before it train first as in `tlkit run`. The model is left as it was found.
 """
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ import numpy as np
 
 from tlkit.errors import TlkitError
 from tlkit.recipe import Recipe
+from tlkit.runfolder import RunFolder
+from tlkit.session import Session, prepare
+from tlkit.training.stage import stage_id
 
 log = logging.getLogger(__name__)
 
@@ -76,54 +79,38 @@ def check_options(recipe: Recipe, stage_number: int, start: float, end: float, s
         raise TlkitError(f"--stage {stage_number}: the recipe has {len(recipe.stages)} stage(s), counted from 1")
 
 
-def sweep(classifier, recipe: Recipe, data, store, fingerprint: dict, stage_number: int = 1,
-          start: float = 1e-7, end: float = 1.0, steps: int = 100) -> Sweep:
-    """Run the range test for stage ``stage_number`` (counted from 1) of the recipe on ``classifier``."""
-    from tlkit.model import set_trainable
-    from tlkit.optim import batches_per_epoch, make_optimizer
-    from tlkit.distribute import current_placement
-    from tlkit.train import Trainer, above_cut_model, epoch_order, feature_dataset, image_dataset, loss_for
-
+def sweep(session: Session, stage_number: int = 1, start: float = 1e-7, end: float = 1.0,
+          steps: int = 100) -> Sweep:
+    """Run the range test for stage ``stage_number`` (counted from 1) of the session's recipe, through the
+    training step `tlkit run` uses (same loss, class weights and loss scaling); the model is left as found."""
+    recipe, classifier = session.recipe, session.classifier
     check_options(recipe, stage_number, start, end, steps)
     index = stage_number - 1
-    stage = recipe.stages[index].model_copy(update={"epochs": max(1, recipe.stages[index].epochs)})
-    name = f"{stage_number}:{stage.kind}"
+    stage = recipe.stages[index]
+    name = stage_id(index, stage.kind)
 
     started = time.perf_counter()
     if index:
         log.info("training stage(s) 1-%d first, as tlkit run would", index)
-        Trainer(classifier, recipe.model_copy(update={"stages": recipe.stages[:index]}), data, store,
-                fingerprint, current_placement()).run()
+        session.trainer(recipe.model_copy(update={"stages": recipe.stages[:index]})).run()
     pretrain_seconds = time.perf_counter() - started
 
-    trainer = Trainer(classifier, recipe.model_copy(update={"stages": (stage,)}), data, store, fingerprint,
-                      current_placement())
-    trainer._prepare_features()
-    cut = set_trainable(classifier, recipe, stage)
-    if trainer.replicas is not None:
-        mode = trainer.replicas.name
-        model = above_cut_model(classifier, cut)
-        train_split = data.splits["train"]
-        train = feature_dataset(trainer.features[cut][0], train_split, recipe,
-                                epoch_order(len(train_split), recipe.seed, 0))
-    else:
-        mode = "full forward"
-        model = classifier.model
-        train = image_dataset(data.splits["train"], recipe, epoch_order(len(data.splits["train"]), recipe.seed, 0))
-    constant = stage.model_copy(update={"schedule": "constant", "warmup_epochs": 0.0})
-    optimizer = make_optimizer(constant, batches_per_epoch(len(data.splits["train"]), recipe.batch_size),
-                               classifier.base.trainable_variables)
-    model.compile(optimizer, loss_for(recipe, stage.label_smoothing))
+    constant = stage.model_copy(update={"epochs": max(1, stage.epochs), "schedule": "constant", "warmup_epochs": 0.0})
+    trainer = session.trainer(recipe.model_copy(update={"stages": (constant,)}))
+    trainer.prepare_features()
+    plan = trainer.plans[0]
+    setup = trainer.setup(plan)
+    train, _ = trainer.datasets(plan, 0)
     saved = classifier.model.get_weights()
 
-    log.info("lr-find %s (%s): %d steps from %.1e to %.1e", name, mode, steps, start, end)
+    log.info("lr-find %s (%s): %d steps from %.1e to %.1e", name, plan.mode, steps, start, end)
     rates = start * (end / start) ** (np.arange(steps) / (steps - 1))
     losses, stopped = [], f"completed {steps} steps"
     swept = time.perf_counter()
     batches = iter(train.repeat())
     for step, rate in enumerate(rates):
-        optimizer.learning_rate = float(rate)
-        loss = float(model.train_on_batch(*next(batches), return_dict=True)["loss"])
+        setup.optimizer.learning_rate = float(rate)
+        loss = setup.loop.train_step(*next(batches))
         losses.append(loss)
         average = running_average(losses)
         if not math.isfinite(loss) or average[-1] > DIVERGED * average.min():
@@ -133,10 +120,11 @@ def sweep(classifier, recipe: Recipe, data, store, fingerprint: dict, stage_numb
     classifier.model.set_weights(saved)
 
     finite = np.isfinite(losses)
-    rates, losses, smoothed = rates[:len(losses)][finite], np.asarray(losses)[finite], smooth(np.asarray(losses)[finite])
+    rates, losses = rates[:len(losses)][finite], np.asarray(losses)[finite]
+    smoothed = smooth(losses)
     suggestion = suggest(rates, smoothed)
     log.info("lr-find %s: %s in %.1fs; suggested learning rate %.2e", name, stopped, sweep_seconds, suggestion)
-    return Sweep(name, mode, rates.tolist(), losses.tolist(), smoothed.tolist(), suggestion, RULE, stopped,
+    return Sweep(name, plan.mode, rates.tolist(), losses.tolist(), smoothed.tolist(), suggestion, RULE, stopped,
                  round(sweep_seconds, 3), round(trainer.feature_seconds, 3), round(pretrain_seconds, 3))
 
 
@@ -173,34 +161,20 @@ def plot(result: Sweep, path: Path) -> None:
 def lr_find(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir: str | None = None,
             cache_dir: str | None = None, cache_memory: float = 0.5, stage: int = 1, start: float = 1e-7,
             end: float = 1.0, steps: int = 100) -> Sweep:
-    """Load the data and model as `tlkit run` does, sweep, and write lr_find.png, .csv and .json to ``out``."""
-    from tlkit.cache import FeatureStore, memory_budget
-    from tlkit.data import load_data
-    from tlkit.model import build_classifier
-    from tlkit.runfolder import RunFolder
-    from tlkit.cache import feature_fingerprint
-    from tlkit.weights import resolve_weights
-
+    """Set up as `tlkit run` does, sweep, and write lr_find.png, .csv and .json to ``out``."""
     check_options(recipe, stage, start, end, steps)
-    path = data or recipe.data.path
-    if not path:
-        raise TlkitError("no data: pass --data FOLDER (a folder with one sub-folder per class)")
-    weights = resolve_weights(recipe.base, recipe.alpha, recipe.size, recipe.weights, weights_dir)
-    store = FeatureStore(cache_dir, memory_budget(cache_memory))
-    images = load_data(path, recipe.size, recipe.data, store)
-    classifier = build_classifier(recipe, len(images.class_names), weights)
-    result = sweep(classifier, recipe, images, store, feature_fingerprint(recipe, weights, images), stage, start, end,
-                   steps)
+    session = prepare(recipe, data, weights_dir=weights_dir, cache_dir=cache_dir, cache_memory=cache_memory)
+    result = sweep(session, stage, start, end, steps)
 
     folder = RunFolder(out)
     folder.path.mkdir(parents=True, exist_ok=True)
     plot(result, folder.path / "lr_find.png")
     folder.write_csv(folder.path / "lr_find.csv", [
-        {"learning_rate": r, "loss": l, "smoothed_loss": s}
-        for r, l, s in zip(result.learning_rates, result.losses, result.smoothed)])
-    folder.write_csv(folder.skipped_file, [{"path": str(p), "reason": r} for p, r in images.skipped],
+        {"learning_rate": rate, "loss": loss, "smoothed_loss": smoothed}
+        for rate, loss, smoothed in zip(result.learning_rates, result.losses, result.smoothed)])
+    folder.write_csv(folder.skipped_file, [{"path": str(p), "reason": r} for p, r in session.data.skipped],
                      ["path", "reason"])
     summary = {k: v for k, v in asdict(result).items() if k not in ("learning_rates", "losses", "smoothed")}
     folder.write_json(folder.path / "lr_find.json", {**summary, "start": start, "end": end, "steps": steps,
-                                                     "weights": weights.describe()})
+                                                     "weights": session.weights.describe()})
     return result

@@ -1,4 +1,4 @@
-"""Recipes: typed, validated declarations of a run, and how to load and override them.
+"""Recipes: typed, validated declarations of a run, and how to load them (:mod:`tlkit.overrides` changes them).
 
 A recipe module in ``recipes/`` defines a module-level ``recipe = Recipe(...)``. Nothing in a
 recipe executes training; :func:`tlkit.run` does.
@@ -6,14 +6,13 @@ recipe executes training; :func:`tlkit.run` does.
 >>> from tlkit import Recipe, Head, FeatureExtraction, FineTune
 >>> r = Recipe(description="demo", base="mobilenet_v2", alpha=0.35, image_size=96,
 ...            stages=(FeatureExtraction(epochs=2), FineTune(epochs=2, unfreeze_blocks=2)))
->>> override(r, ["head.dropout=0.5", "stages.1.epochs=4"]).stages[1].epochs
-4
+>>> r.stages[1].unfreeze_blocks
+2
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import pkgutil
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
@@ -164,7 +163,8 @@ class Recipe(_Spec):
     def _weights_choice(cls, value):
         value = "none" if value is None else value  # as in Keras, weights=None means random init
         if isinstance(value, str) and value not in ("imagenet", "none", "auto") and not value.endswith(".h5"):
-            raise ValueError(f"weights must be imagenet, none, auto or a path to a .h5 weights file; received: {value!r}")
+            raise ValueError("weights must be imagenet, none, auto or a path to a .h5 weights file; "
+                             f"received: {value!r}")
         return value
 
     @model_validator(mode="after")
@@ -187,11 +187,15 @@ class Recipe(_Spec):
         return cls.model_validate_json(text)
 
 
+def _bundled_names() -> list[str]:
+    """The modules of ``tlkit.recipes`` (loaded like any recipe: by name, at run time)."""
+    package = importlib.import_module("tlkit.recipes")
+    return sorted(info.name for info in pkgutil.iter_modules(package.__path__) if not info.name.startswith("_"))
+
+
 def bundled_recipes() -> dict[str, Recipe]:
     """Every recipe shipped in ``recipes/``, by module name."""
-    import tlkit.recipes as package
-    return {info.name: load_recipe(info.name) for info in pkgutil.iter_modules(package.__path__)
-            if not info.name.startswith("_")}
+    return {name: load_recipe(name) for name in _bundled_names()}
 
 
 def load_recipe(name_or_path: str) -> Recipe:
@@ -212,69 +216,17 @@ def load_recipe(name_or_path: str) -> Recipe:
             try:
                 module = importlib.import_module(f"tlkit.recipes.{name_or_path}")
             except ModuleNotFoundError:
-                import tlkit.recipes as package
-                names = sorted(i.name for i in pkgutil.iter_modules(package.__path__))
-                raise TlkitError(f"unknown recipe {name_or_path!r}; bundled recipes: {', '.join(names)} "
+                raise TlkitError(f"unknown recipe {name_or_path!r}; bundled recipes: {', '.join(_bundled_names())} "
                                  "(or pass a path to a .py recipe module)") from None
     except ValidationError as error:
-        raise TlkitError(f"recipe {name_or_path}: {_one_line(error)}") from None
+        raise TlkitError(f"recipe {name_or_path}: {validation_message(error)}") from None
     recipe = getattr(module, "recipe", None)
     if not isinstance(recipe, Recipe):
         raise TlkitError(f"recipe module {name_or_path} must define `recipe = tlkit.Recipe(...)`")
     return recipe
 
 
-def valid_keys(recipe: Recipe) -> list[str]:
-    """Every dotted key that ``--set`` accepts for this recipe."""
-    def walk(value, prefix):
-        if isinstance(value, BaseModel):
-            for name in type(value).model_fields:
-                yield from walk(getattr(value, name), f"{prefix}{name}.")
-        elif isinstance(value, tuple) and value and isinstance(value[0], BaseModel):
-            for i, item in enumerate(value):
-                yield from walk(item, f"{prefix}{i}.")
-        else:
-            yield prefix[:-1]
-    return list(walk(recipe, ""))
-
-
-def override(recipe: Recipe, assignments: list[str]) -> Recipe:
-    """Apply ``key=value`` overrides (dotted keys, e.g. ``stages.1.learning_rate=1e-5``), validated."""
-    tree = json.loads(recipe.model_dump_json())
-    keys = valid_keys(recipe)
-    for assignment in assignments:
-        key, sep, raw = assignment.partition("=")
-        key = key.strip()
-        if not sep:
-            raise TlkitError(f"--set expects key=value; received: {assignment!r}")
-        if key not in keys:
-            raise TlkitError(f"unknown recipe key {key!r}; valid keys: {', '.join(keys)}")
-        *parents, leaf = key.split(".")
-        node = tree
-        for part in parents:
-            node = node[int(part)] if isinstance(node, list) else node[part]
-        node[leaf] = _parse_value(raw, node.get(leaf))
-    try:
-        return Recipe.model_validate(tree)
-    except ValidationError as error:
-        raise TlkitError(f"--set {', '.join(assignments)}: {_one_line(error)}") from None
-
-
-def _parse_value(raw: str, current):
-    """A command-line string as the value a recipe field holds (JSON where it parses, lists by commas)."""
-    text = raw.strip()
-    if text.lower() in ("none", "null"):
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        value = text
-    if isinstance(current, list) and not isinstance(value, list):
-        value = [] if text == "" else [part.strip() for part in str(text).split(",")]
-    return value
-
-
-def _one_line(error: ValidationError) -> str:
+def validation_message(error: ValidationError) -> str:
     """Pydantic's report squeezed onto one line: `field: problem (received: value)`."""
     parts = []
     for e in error.errors():

@@ -3,10 +3,17 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
+import numpy as np
+
 from tlkit.errors import TlkitError
+from tlkit.images import decode_all
 from tlkit.recipe import Recipe
+from tlkit.storage import write_json_atomic
+
+log = logging.getLogger(__name__)
 
 
 class RunFolder:
@@ -45,14 +52,28 @@ class RunFolder:
     def class_names(self) -> list[str]:
         return json.loads(self.classes_file.read_text())
 
-    def load_model(self, compile: bool = True):
-        """The trained Keras model; ``compile=False`` skips the optimizer state (enough for predictions)."""
+    def load_model(self):
+        """The trained Keras model, uncompiled (what predictions and exports need)."""
         import keras
-        import tlkit.model, tlkit.optim  # noqa: E401,F401  register tlkit's layer, optimizers and loss
-        return keras.saving.load_model(self.model_file, compile=compile)
+        import tlkit.model  # noqa: F401  registers tlkit's preprocessing layer
+        return keras.saving.load_model(self.model_file, compile=False)
+
+    def split_pixels(self, split: str, size: int, what: str, count: int | None = None, seed: int = 0) -> np.ndarray:
+        """The images of one split (split.csv) as uint8 pixels, all or ``count`` drawn at random with ``seed``;
+        unreadable ones are logged and left out."""
+        paths = [Path(r["path"]) for r in self.read_csv(self.split_file) if r["split"] == split]
+        if count is not None:
+            paths = [paths[i] for i in np.random.default_rng(seed).permutation(len(paths))[:count]]
+        pixels, failures, _ = decode_all(paths, size, what)
+        for path, reason in failures:
+            log.warning("%s skips %s: %s", what, path, reason)
+        if not len(pixels):
+            raise TlkitError(f"no readable {split} images in {self.split_file} ({len(paths)} listed); the {what} "
+                             "needs them (restore the data folder the run was trained on)")
+        return pixels
 
     def write_json(self, file: Path, value) -> None:
-        file.write_text(json.dumps(value, indent=2, default=str) + "\n", encoding="utf-8")
+        write_json_atomic(file, value)
 
     @staticmethod
     def write_csv(file: Path, rows: list[dict], columns: list[str] | None = None) -> None:

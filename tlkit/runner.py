@@ -15,12 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from tlkit.cache import FeatureStore, feature_fingerprint, memory_budget
-from tlkit.data import load_data
+from tlkit.data import ImageData
 from tlkit.errors import RunInterrupted, TlkitError
+from tlkit.evaluation.evaluate import default_split, evaluate_split
+from tlkit.evaluation.report import write_report
 from tlkit.recipe import Recipe
 from tlkit.runfolder import RunFolder
-from tlkit.weights import resolve_weights
+from tlkit.serving.export import export_run
+from tlkit.session import Session, prepare, with_data
+from tlkit.storage import write_json_atomic
+from tlkit.training.checkpoint import Checkpoints
+from tlkit.training.distribute import place
+from tlkit.training.state import Training
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +50,9 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
         precision: str = "auto") -> RunResult:
     """Train a recipe end to end and write its run folder; the library entry point behind `tlkit run`.
 
-    With ``export``, the run ends with :func:`tlkit.export.export_run` in ``export_formats``. If ``out``
-    holds an unfinished run with a checkpoint, it continues from there with that run's recipe.
+    With ``export``, the run ends with :func:`tlkit.serving.export.export_run` in ``export_formats``. If
+    ``out`` holds an unfinished run with a checkpoint, it continues from there with that run's recipe.
     """
-    import keras
-    import tensorflow as tf
-
-    from tlkit.checkpoint import Checkpoints
-    from tlkit.distribute import place
-    from tlkit.evaluate import default_split, evaluate_split
-    from tlkit.export import export_run
-    from tlkit.model import build_classifier
-    from tlkit.report import write_report
-    from tlkit.train import Trainer
-
     started = time.perf_counter()
     placement = place(strategy, precision)
     out = Path(out) if placement.is_chief else Path(out) / f"worker-{placement.worker_index}"
@@ -71,23 +66,41 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
         _record_interruption(folder, resume["state"])
         log.info("resuming the unfinished run in %s with its own recipe.json", folder.path)
     else:
-        path = data or recipe.data.path
-        if not path:
-            raise TlkitError("no data: pass --data FOLDER (one sub-folder per class), a CSV of path,label, "
-                             "or tfds:NAME[:SPLIT]")
-        recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"path": str(path)})})
+        recipe = with_data(recipe, data)
         check_writable(folder.path)
         folder.recipe_file.write_text(recipe.to_json() + "\n")
 
-    timings: dict[str, float] = {}
-    with _timed(timings, "weights"):
-        weights = resolve_weights(recipe.base, recipe.alpha, recipe.size, recipe.weights, weights_dir)
-    log.info("base %s%s at %d px, weights: %s", recipe.base, f" (alpha {recipe.alpha})" if recipe.alpha else "",
-             recipe.size, weights.describe())
+    session = prepare(recipe, weights_dir=weights_dir, cache_dir=cache_dir, cache_memory=cache_memory,
+                      placement=placement)
+    timings = dict(session.timings)
+    _write_data_record(folder, session.data)
+    check_disk_space(folder.path, session.classifier.model.count_params())
+    with _timed(timings, "train"):
+        training = _train(session, folder, checkpoints, resume)
+    folder.write_csv(folder.history_file, training.history)
 
-    store = FeatureStore(cache_dir, memory_budget(cache_memory))
-    with _timed(timings, "data"):
-        images = load_data(recipe.data.path, recipe.size, recipe.data, store)
+    model = session.classifier.model
+    with _timed(timings, "evaluate"):
+        evaluations = {name: evaluate_split(model, session.data, folder, recipe.batch_size, name)
+                       for name in ("val", "test") if name in session.data.splits}
+        metrics = _metrics(evaluations)
+    folder.write_json(folder.metrics_file, metrics)
+    with _timed(timings, "save"):
+        model.save(folder.model_file)
+    log.info("validation accuracy %.4f (loss %.4f); model saved to %s", metrics["val"]["accuracy"],
+             metrics["val"]["loss"], folder.model_file)
+    with _timed(timings, "report"):
+        write_report(evaluations[default_split(session.data.splits)], folder.path)
+    with _timed(timings, "export"):
+        exports = export_run(folder, export_formats, model=model) if export and placement.is_chief else []
+    exported = next((folder.path / e.path for e in exports if e.format == "savedmodel"), None)
+    folder.write_json(folder.run_file, _run_record(session, training, timings, started, folder, exported))
+    checkpoints.remove()
+    return RunResult(folder.path, metrics, exported)
+
+
+def _write_data_record(folder: RunFolder, images: ImageData) -> None:
+    """classes.json, split.csv (which file went where) and skipped.csv (what was not used, and why)."""
     folder.write_json(folder.classes_file, images.class_names)
     folder.write_csv(folder.split_file, [
         {"path": str(p), "label": images.class_names[lab], "split": name}
@@ -95,67 +108,59 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
     folder.write_csv(folder.skipped_file, [{"path": str(p), "reason": r} for p, r in images.skipped],
                      ["path", "reason"])
 
-    with _timed(timings, "train"):
-        with placement.strategy.scope():
-            classifier = build_classifier(recipe, len(images.class_names), weights)
-        check_disk_space(folder.path, classifier.model.count_params())
-        trainer = Trainer(classifier, recipe, images, store, feature_fingerprint(recipe, weights, images), placement,
-                          checkpoints, folder.stages_dir)
-        try:
-            training = trainer.run(resume)
-        except KeyboardInterrupt:
-            state = (checkpoints.load() or {"state": {"global_epoch": 0}})["state"]
-            _append_json(folder.interruptions_file, {
-                "time": _now(), "event": "interrupted (Ctrl-C)", "epochs_done": state["global_epoch"]})
-            raise RunInterrupted(f"interrupted after {state['global_epoch']} finished epoch(s), which are saved; "
-                                 f"resume with: tlkit run --resume {folder.path}") from None
-    folder.write_csv(folder.history_file, training.history)
 
-    model = classifier.model
-    metrics, evaluations = {}, {}
-    with _timed(timings, "evaluate"):
-        for name in ("val", "test"):
-            if name in images.splits:
-                evaluations[name] = evaluation = evaluate_split(model, images, folder, recipe.batch_size, name)
-                probs, labels = evaluation.probabilities, evaluation.labels
-                chosen = np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)
-                metrics[name] = {"accuracy": float(np.mean(probs.argmax(axis=1) == labels)),
-                                 "loss": float(-np.mean(np.log(chosen))), "images": len(labels)}
+def _train(session: Session, folder: RunFolder, checkpoints: Checkpoints, resume: dict | None) -> Training:
+    """Every stage, checkpointed; Ctrl-C is recorded and turned into the resume command."""
+    try:
+        return session.trainer(checkpoints=checkpoints, log_dir=folder.stages_dir).run(resume)
+    except KeyboardInterrupt:
+        state = (checkpoints.load() or {"state": {"global_epoch": 0}})["state"]
+        _append_json(folder.interruptions_file, {
+            "time": _now(), "event": "interrupted (Ctrl-C)", "epochs_done": state["global_epoch"]})
+        raise RunInterrupted(f"interrupted after {state['global_epoch']} finished epoch(s), which are saved; "
+                             f"resume with: tlkit run --resume {folder.path}") from None
+
+
+def _metrics(evaluations: dict) -> dict:
+    """Accuracy, loss and image count of each evaluated split; ``accuracy`` is the test split's, else val's."""
+    metrics = {}
+    for name, evaluation in evaluations.items():
+        probs, labels = evaluation.probabilities, evaluation.labels
+        chosen = np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)
+        metrics[name] = {"accuracy": float(np.mean(probs.argmax(axis=1) == labels)),
+                         "loss": float(-np.mean(np.log(chosen))), "images": len(labels)}
     metrics["accuracy"] = metrics.get("test", metrics["val"])["accuracy"]
-    folder.write_json(folder.metrics_file, metrics)
-    with _timed(timings, "save"):
-        model.save(folder.model_file)
-    log.info("validation accuracy %.4f (loss %.4f); model saved to %s", metrics["val"]["accuracy"],
-             metrics["val"]["loss"], folder.model_file)
-    with _timed(timings, "report"):
-        write_report(evaluations[default_split(images.splits)], folder.path)
+    return metrics
 
-    with _timed(timings, "export"):
-        exports = export_run(folder, export_formats, model=model) if export and placement.is_chief else []
-    exported = next((folder.path / e.path for e in exports if e.format == "savedmodel"), None)
-    folder.write_json(folder.run_file, {
+
+def _run_record(session: Session, training: Training, timings: dict, started: float, folder: RunFolder,
+                exported: Path | None) -> dict:
+    """run.json: what the run used and did, and on what."""
+    import keras
+    import tensorflow as tf
+
+    recipe, weights, placement = session.recipe, session.weights, session.placement
+    return {
         "finished": _now(),
         "seconds": round(time.perf_counter() - started, 2),
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "weights": {"requested": weights.requested, "loaded": weights.describe(), "warning": weights.warning},
-        "warnings": [w for w in [weights.warning] if w] + images.warnings,
-        "data": images.summary(),
+        "warnings": [w for w in [weights.warning] if w] + session.data.warnings,
+        "data": session.data.summary(),
         "placement": {**placement.describe(), "global_batch_size": recipe.batch_size * placement.replicas,
                       "learning_rate_rule": "the recipe's rates, unscaled: batch_size is per replica"},
         "feature_seconds": round(training.feature_seconds, 2),
         "stages": [asdict(s) for s in training.stages],
         "best": training.best,
-        "cache": store.events,
+        "cache": session.features.events,
         "interruptions": _read_json(folder.interruptions_file, []),
         "export": str(exported) if exported else None,
         "seed": recipe.seed,
         "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
                      "keras": keras.__version__, "numpy": np.__version__, "tlkit": _version()},
         "machine": machine(),
-    })
-    checkpoints.remove()
-    return RunResult(folder.path, metrics, exported)
+    }
 
 
 def check_writable(path: Path) -> None:
@@ -189,7 +194,7 @@ def _record_interruption(folder: RunFolder, state: dict) -> None:
 
 
 def _append_json(path: Path, item: dict) -> None:
-    path.write_text(json.dumps(_read_json(path, []) + [item], indent=2) + "\n")
+    write_json_atomic(path, _read_json(path, []) + [item])
 
 
 def _read_json(path: Path, default):

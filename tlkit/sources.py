@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Iterator
 
 from tlkit.errors import TlkitError
+from tlkit.files import Walker, loose_files, visible_dirs
 
 log = logging.getLogger(__name__)
 
 SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
-SYSTEM_NAMES = {"thumbs.db", "ehthumbs.db", "desktop.ini", "__macosx", "@eadir", "$recycle.bin"}
 
 
 @dataclass(frozen=True)
@@ -45,19 +45,16 @@ class Listing:
     items: list[Item]
     skipped: list[tuple[Path | str, str]] = field(default_factory=list)
 
-    def payloads(self, items: list[Item]) -> Iterator[tuple[int, Path | bytes]]:
-        """``(position, file path or encoded bytes)`` for each item, in any order."""
-        return enumerate(item.origin for item in items)
+    def payloads(self, origins: list) -> Iterator[tuple[int, Path | bytes]]:
+        """``(position, file path or encoded bytes)`` for each origin, in any order."""
+        return enumerate(origins)
 
-    def identity(self, item: Item) -> list:
-        """What an item's decoded pixels depend on (path, size, mtime for files)."""
-        stat = item.origin.stat()
-        return [str(item.origin), stat.st_size, stat.st_mtime_ns]
-
-
-def is_hidden(name: str) -> bool:
-    """Hidden and system entries that are never data: dotfiles (``.DS_Store``, ``._x.jpg``), Thumbs.db, ..."""
-    return name.startswith(".") or name.lower() in SYSTEM_NAMES
+    def identity(self, origin) -> list | str:
+        """What an image's pixels depend on: its path (relative to ``root`` when inside it), size and mtime;
+        both caches key on it."""
+        stat = origin.stat()
+        name = origin.relative_to(self.root).as_posix() if origin.is_relative_to(self.root) else str(origin)
+        return [name, stat.st_size, stat.st_mtime_ns]
 
 
 def split_key(text: str) -> str:
@@ -85,13 +82,9 @@ def list_source(source: str | Path) -> Listing:
 
 # === Folders ===
 
-def _visible_dirs(folder: Path) -> list[Path]:
-    return sorted(d for d in folder.iterdir() if d.is_dir() and not is_hidden(d.name))
-
-
 def _split_dirs(root: Path) -> dict[str, Path]:
     """``{split: folder}`` when ``root`` holds ``train/`` and only split folders beside it, else empty."""
-    dirs = _visible_dirs(root)
+    dirs = visible_dirs(root)
     names = [d.name.lower() for d in dirs]
     if "train" not in names or not all(n in SPLIT_NAMES for n in names) or len(dirs) < 2:
         return {}
@@ -100,32 +93,25 @@ def _split_dirs(root: Path) -> dict[str, Path]:
     return {SPLIT_NAMES[d.name.lower()]: d for d in dirs}
 
 
-def _files(folder: Path) -> Iterator[Path]:
-    """Every visible file below ``folder`` (sorted), skipping hidden files and hidden or system folders."""
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
-        for name in sorted(filenames):
-            if not is_hidden(name):
-                yield Path(dirpath) / name
-
-
-def scan_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]], list[tuple[Path, str]]]:
-    """Class names (sorted sub-folder names), every file in them with its label, and files outside them."""
+def scan_folder(root: Path, walker: Walker | None = None
+                ) -> tuple[list[str], list[tuple[Path, int]], list[tuple[Path, str]]]:
+    """Class names (sorted sub-folder names), every file in them with its label, and what was skipped:
+    files outside the class folders and whatever the (given or a new) ``walker`` skipped."""
     root = Path(root)
     if not root.is_dir():
         raise TlkitError(f"data folder not found: {root} (pass --data with a folder of class sub-folders)")
-    class_dirs = _visible_dirs(root)
+    class_dirs = visible_dirs(root)
     if len(class_dirs) < 2:
         raise TlkitError(f"{root} needs at least two class sub-folders; found {len(class_dirs)} "
                          "(lay images out as DATA/CLASS_NAME/IMAGE)")
-    skipped = [(p, "outside any class folder") for p in sorted(root.iterdir())
-               if p.is_file() and not is_hidden(p.name)]
-    files = [(path, label) for label, d in enumerate(class_dirs) for path in _files(d)]
+    walker = walker or Walker()
+    skipped = [(p, "outside any class folder") for p in loose_files(root)]
+    files = [(path, label) for label, d in enumerate(class_dirs) for path in walker.files(d)]
     empty = [d.name for i, d in enumerate(class_dirs) if not any(label == i for _, label in files)]
     if empty:
         raise TlkitError(f"class folder(s) without images in {root}: {', '.join(empty)} "
                          "(add images or remove the folder)")
-    return [d.name for d in class_dirs], files, skipped
+    return [d.name for d in class_dirs], files, skipped + walker.skipped
 
 
 def list_class_folders(root: Path) -> Listing:
@@ -138,22 +124,23 @@ def list_class_folders(root: Path) -> Listing:
 
 def list_split_folders(root: Path, split_dirs: dict[str, Path]) -> Listing:
     """DATA/{train,val|validation,test}/CLASS/IMAGE: the classes are train's; the folders fix the splits."""
-    class_names, files, skipped = scan_folder(split_dirs["train"])
-    skipped += [(p, "outside any split folder") for p in sorted(root.iterdir())
-                if p.is_file() and not is_hidden(p.name)]
+    walker = Walker()
+    class_names, files, skipped = scan_folder(split_dirs["train"], walker)
+    skipped += [(p, "outside any split folder") for p in loose_files(root)]
     labels = {name: i for i, name in enumerate(class_names)}
     by_split = {"train": files}
     for name, folder in split_dirs.items():
         if name == "train":
             continue
         by_split[name] = []
-        skipped += [(p, "outside any class folder") for p in sorted(folder.iterdir())
-                    if p.is_file() and not is_hidden(p.name)]
-        for class_dir in _visible_dirs(folder):
+        skipped += [(p, "outside any class folder") for p in loose_files(folder)]
+        walked = len(walker.skipped)
+        for class_dir in visible_dirs(folder):
             if class_dir.name not in labels:
                 raise TlkitError(f"{class_dir} is a class that {split_dirs['train']} does not have; "
                                  f"train classes: {', '.join(class_names)} (rename or remove the folder)")
-            by_split[name] += [(path, labels[class_dir.name]) for path in _files(class_dir)]
+            by_split[name] += [(path, labels[class_dir.name]) for path in walker.files(class_dir)]
+        skipped += walker.skipped[walked:]
     items = [Item(path, label, split_key(path.relative_to(split_dirs[name] / class_names[label]).as_posix()), name)
              for name, files_ in by_split.items() for path, label in files_]
     return Listing(str(root), "split folders", root, class_names, items, skipped)
@@ -221,17 +208,17 @@ class TfdsListing(Listing):
         return self.builder.as_dataset(split=split, shuffle_files=False,
                                        decoders={self.image_key: tfds.decode.SkipDecoding()})
 
-    def payloads(self, items):
-        wanted = {item.origin: position for position, item in enumerate(items)}
-        for split in dict.fromkeys(item.origin.rsplit("/", 2)[1] for item in items):
+    def payloads(self, origins):
+        wanted = {origin: position for position, origin in enumerate(origins)}
+        for split in dict.fromkeys(origin.rsplit("/", 2)[1] for origin in origins):
             images = self.records(split).map(lambda example: example[self.image_key])
             for index, data in enumerate(images.as_numpy_iterator()):
                 position = wanted.get(self._id(split, index))
                 if position is not None:
                     yield position, data
 
-    def identity(self, item):
-        return item.origin
+    def identity(self, origin):
+        return origin
 
     def _id(self, split: str, index: int) -> str:
         return f"tfds:{self.dataset}/{split}/{index}"

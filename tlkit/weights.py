@@ -48,7 +48,8 @@ def resolve_weights(base: str, alpha: Optional[float], size: int, weights: str,
     if weights not in ("imagenet", "auto"):
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise TlkitError(f"weights file not found: {path} (use --weights imagenet, none, auto or an existing .h5 file)")
+            raise TlkitError(f"weights file not found: {path} "
+                             "(use --weights imagenet, none, auto or an existing .h5 file)")
         return ResolvedWeights(weights, path)
     files = BACKBONES[base].weight_files(alpha, size)
     dirs = search_dirs(weights_dir)

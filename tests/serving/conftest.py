@@ -15,7 +15,7 @@ class Served:
     folder: object  # tlkit.runfolder.RunFolder
     model: object  # the trained Keras model
     savedmodel: Path  # exported at the end of the run
-    exports: dict  # format -> tlkit.export.Export, exported afterwards with check=True
+    exports: dict  # format -> tlkit.serving.layout.Export, exported afterwards with check=True
     val_paths: list[Path]
     val_pixels: np.ndarray  # uint8 (N, size, size, 3), decoded as training decodes
 
@@ -30,8 +30,8 @@ class Served:
 @pytest.fixture(scope="session")
 def served(flowers_small, weights_dir, tmp_path_factory):
     from tlkit import load_recipe, override, run
-    from tlkit.data import decode_all
-    from tlkit.export import export_run
+    from tlkit.images import decode_all
+    from tlkit.serving.export import export_run
     from tlkit.runfolder import RunFolder
 
     root = tmp_path_factory.mktemp("served")

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from tlkit.cli import cli
 from tlkit.errors import TlkitError
-from tlkit.export import export_run
+from tlkit.serving.export import export_run
 
 
 def test_onnx_agrees_with_keras_on_validation_photos(served):

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from tlkit.cli import cli
-from tlkit.data import decode_image
+from tlkit.images import decode_image
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +87,20 @@ def test_predict_names_each_unreadable_file_and_exits_nonzero(served, tmp_path):
         assert len(line) > len(f"tlkit: cannot read {bad}: ") + 3  # a reason follows the path
     nothing_read = _predict(served.savedmodel, tmp_path / "notes.txt")
     assert nothing_read.exit_code == 1 and nothing_read.stdout == ""  # no empty table
+
+
+def test_predict_ignores_system_files_as_training_does(served, tmp_path):
+    """A folder copied from Windows or macOS: Thumbs.db, desktop.ini, ._ AppleDouble files, __MACOSX/."""
+    for name in ("a.jpg", "b.jpg"):
+        shutil.copy(served.val_paths[0], tmp_path / name)
+    (tmp_path / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0" + bytes(60))
+    (tmp_path / "desktop.ini").write_text("[.ShellClassInfo]\n")
+    (tmp_path / "._a.jpg").write_bytes(b"\x00\x05\x16\x07" + bytes(40))
+    (tmp_path / "__MACOSX").mkdir()
+    (tmp_path / "__MACOSX" / "._b.jpg").write_bytes(b"\x00\x05\x16\x07")
+    result = _predict(served.savedmodel, tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    assert [a["file"] for a in json.loads(result.stdout)] == [str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")]
 
 
 def test_predict_rejects_what_is_not_a_model(tmp_path, served):

@@ -14,9 +14,12 @@ from click.testing import CliRunner
 from PIL import Image, TiffImagePlugin
 
 from tlkit.cli import cli
-from tlkit.data import decode_image
+from tlkit.images import decode_image
 from tlkit.errors import TlkitError
-from tlkit.export import atomic_dir, decode_tensor, export_run, next_version, parse_formats, read_manifest
+from tlkit.serving.export import export_run, parse_formats
+from tlkit.serving.layout import next_version, read_manifest
+from tlkit.serving.signatures import decode_tensor
+from tlkit.storage import atomic_dir
 
 FRESH_PROCESS = r"""
 import json, sys
@@ -160,7 +163,7 @@ def test_versions_are_never_overwritten_without_force(served, monkeypatch):
 
     target = root / "model" / "7"
     with pytest.raises(RuntimeError, match="crash"):  # a crash mid-write leaves neither the version nor debris
-        with atomic_dir(target, force=False) as tmp:
+        with atomic_dir(target) as tmp:
             (tmp / "saved_model.pb").write_bytes(b"half")
             raise RuntimeError("crash")
     assert not target.exists() and not list(target.parent.glob(".tmp-*"))

@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 from tensorflow.lite.python import schema_py_generated as schema
 
-from tlkit.data import decode_all, decode_image
-from tlkit.export import representative_pixels
-from tlkit.tflite import bias_corrected, convert
+from tlkit.images import decode_all, decode_image
+from tlkit.serving.export import CALIBRATION_IMAGES
+from tlkit.serving.tflite import bias_corrected, convert
 
 
 def _interpreter(path, **options):
@@ -57,12 +57,12 @@ def test_tflite_variants_agree_with_keras_on_validation_photos(served):
 
 
 def test_export_check_warns_about_variants_that_change_answers(served, monkeypatch, caplog):
-    from tlkit import predict
+    from tlkit.serving import check
 
-    monkeypatch.setattr(predict, "LOW_AGREEMENT", 0.99)  # the 44 photos give int8 0.955: below this floor
+    monkeypatch.setattr(check, "LOW_AGREEMENT", 0.99)  # the 44 photos give int8 0.955: below this floor
     export = copy.deepcopy(served.exports["tflite"])
-    with caplog.at_level(logging.WARNING, logger="tlkit.predict"):
-        predict.check_exports(served.folder, [export], served.model)
+    with caplog.at_level(logging.WARNING, logger="tlkit.serving.check"):
+        check.check_exports(served.folder, [export], served.model)
     low = {v for v, c in export.check.items() if c["top1_agreement"] < 0.99}
     assert "int8" in low and "float32" not in low
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -161,7 +161,7 @@ def test_int8_file_is_at_most_a_third_of_float32_for_the_shipped_bases(base, flo
 
 
 def test_int8_calibration_uses_training_photos(served):
-    pixels = representative_pixels(served.folder, served.size)
+    pixels = served.folder.split_pixels("train", served.size, "calibration", CALIBRATION_IMAGES)
     train = [r["path"] for r in served.folder.read_csv(served.folder.split_file) if r["split"] == "train"]
     assert len(pixels) == min(100, len(train)) and pixels.dtype == np.uint8
     decoded = {decode_image(p, served.size).tobytes() for p in train}

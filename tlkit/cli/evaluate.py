@@ -21,8 +21,8 @@ import click
               help="Exit with status 1 when accuracy is below this (a gate for CI).")
 def evaluate_command(model, data, top_k, out, as_json, min_accuracy):
     """Evaluate MODEL (a run folder or an exported model folder) on labelled images."""
-    from tlkit.evaluate import evaluate
-    from tlkit.report import text_report, write_report
+    from tlkit.evaluation.evaluate import evaluate
+    from tlkit.evaluation.report import text_report, write_report
 
     evaluation = evaluate(model, data, top_k=top_k)
     out = out or evaluation.report_dir

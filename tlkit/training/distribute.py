@@ -74,7 +74,8 @@ def choose_strategy(name: str = "auto") -> tuple[tf.distribute.Strategy, str]:
         return tf.distribute.MirroredStrategy(devices), "mirrored"
     if name == "gpu":
         if not gpus:
-            raise TlkitError("--strategy gpu but TensorFlow sees no GPU (check drivers and CUDA, or use --strategy cpu)")
+            raise TlkitError("--strategy gpu but TensorFlow sees no GPU "
+                             "(check drivers and CUDA, or use --strategy cpu)")
         return tf.distribute.OneDeviceStrategy("/gpu:0"), "gpu"
     return tf.distribute.OneDeviceStrategy("/cpu:0"), "cpu"
 

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 
 from tlkit.recipe import FineTune
 
@@ -124,12 +125,17 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
 
 # === Callbacks ===
 
+def current_learning_rate(optimizer) -> float:
+    """The rate the optimizer's next step uses (a schedule's value at its current step)."""
+    return float(tf.convert_to_tensor(optimizer.learning_rate))
+
+
 class LearningRateLog(keras.callbacks.Callback):
     """Puts the optimizer's learning rate at the end of each epoch into the epoch's logs (history, TensorBoard)."""
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            logs["learning_rate"] = current_learning_rate(self.model.optimizer)
 
 
 def stage_callbacks(stage, log_dir: Path | None = None) -> list[keras.callbacks.Callback]:

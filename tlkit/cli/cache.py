@@ -22,7 +22,7 @@ def cache():
 @_CACHE_DIR
 def list_command(cache_dir):
     """Each cache entry, least recently used first, with its size and age."""
-    from tlkit.cache import cache_entries
+    from tlkit.storage import cache_entries
 
     entries = cache_entries(cache_dir)
     for entry in entries:
@@ -37,7 +37,7 @@ def list_command(cache_dir):
               help="Only entries not used for this many days.")
 def clear_command(cache_dir, older_than):
     """Delete cache entries; later runs recompute what they need."""
-    from tlkit.cache import clear_cache
+    from tlkit.storage import clear_cache
 
     removed = clear_cache(cache_dir, older_than)
     click.echo(f"removed {len(removed)} entries, {_size(sum(e['bytes'] for e in removed))}")

@@ -61,4 +61,4 @@ def parameter_summary(classifier: Classifier, batchnorm: str, stage: str) -> Par
         frozen=count_params(model.non_trainable_weights), base_layers=len(with_weights),
         trainable_base_layers=[layer.name for layer in with_weights if layer.trainable_weights],
         batchnorm=f"{BATCHNORM_MODES[batchnorm]} (batchnorm={batchnorm}); "
-                  f"{sum(isinstance(l, keras.layers.BatchNormalization) for l in with_weights)} layers")
+                  f"{sum(isinstance(layer, keras.layers.BatchNormalization) for layer in with_weights)} layers")

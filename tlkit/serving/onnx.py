@@ -5,7 +5,7 @@ import logging
 from pathlib import Path
 
 from tlkit.errors import TlkitError
-from tlkit.export import pixel_function, write_labels
+from tlkit.serving.signatures import pixel_function, write_labels
 
 OPSET = 17
 

@@ -42,6 +42,7 @@ def quiet_native_stderr():
 
 def start_tensorflow(verbose: bool = False) -> None:
     """Import TensorFlow and initialise its devices, without its start-up noise unless verbose."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "2")  # read when TensorFlow loads
     if verbose:
         import tensorflow as tf
         tf.config.list_physical_devices()

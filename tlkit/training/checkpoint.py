@@ -1,5 +1,5 @@
-"""Per-epoch checkpoints for resume: written to a fresh folder, then published by an atomic rename of a
-pointer file, so a run killed at any instant leaves either the previous or the new checkpoint, whole."""
+"""Per-epoch checkpoints for resume: each written to a private folder, published by rename, then made current
+by an atomic rename of a pointer file, so a run killed at any instant leaves the previous or the new one, whole."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+
+from tlkit.storage import atomic_dir, write_text_atomic
+from tlkit.training.state import TrainState
 
 
 def _save_arrays(path: Path, arrays) -> None:
@@ -29,27 +32,19 @@ class Checkpoints:
     def exists(self) -> bool:
         return self.pointer.is_file()
 
-    def save(self, state: dict, model_weights, optimizer_variables, best_weights, best_changed: bool) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        name = f"epoch-{state['global_epoch']}"
-        tmp = self.folder / f".tmp-{name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        _save_arrays(tmp / "model.npz", model_weights)
-        _save_arrays(tmp / "optimizer.npz", optimizer_variables)
+    def save(self, state: TrainState, model_weights, optimizer_variables, best_weights, best_changed: bool) -> None:
+        name = f"epoch-{state.global_epoch}"
         previous = self._current()
-        if best_weights is not None:
-            if not best_changed and previous and (previous / "best.npz").is_file():
-                os.link(previous / "best.npz", tmp / "best.npz")  # unchanged: share the file
-            else:
-                _save_arrays(tmp / "best.npz", best_weights)
-        (tmp / "state.json").write_text(json.dumps(state, indent=2))
-        target = self.folder / name
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-        pointer_tmp = self.folder / ".latest.tmp"
-        pointer_tmp.write_text(name)
-        os.replace(pointer_tmp, self.pointer)  # the commit point
+        with atomic_dir(self.folder / name, replace=True) as tmp:
+            _save_arrays(tmp / "model.npz", model_weights)
+            _save_arrays(tmp / "optimizer.npz", optimizer_variables)
+            if best_weights is not None:
+                if not best_changed and previous and (previous / "best.npz").is_file():
+                    os.link(previous / "best.npz", tmp / "best.npz")  # unchanged: share the file
+                else:
+                    _save_arrays(tmp / "best.npz", best_weights)
+            (tmp / "state.json").write_text(json.dumps(state.to_dict(), indent=2))
+        write_text_atomic(self.pointer, name)  # the commit point
         for old in self.folder.glob("epoch-*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
@@ -60,7 +55,8 @@ class Checkpoints:
         return self.folder / self.pointer.read_text().strip()
 
     def load(self) -> dict | None:
-        """The latest checkpoint as a dict: state, model, optimizer, best (arrays or None)."""
+        """The latest checkpoint as a dict: state (a dict of TrainState fields), model, optimizer, best (arrays
+        or None)."""
         folder = self._current()
         if folder is None:
             return None

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tlkit.data import decode_image
-from tlkit.evaluate import Evaluation
+from tlkit.evaluation.evaluate import Evaluation
+from tlkit.images import decode_image
 from tlkit.runfolder import RunFolder
+from tlkit.training.stage import stage_title
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,7 @@ def training_curves(history: list[dict], file: Path) -> None:
         for first, end in zip(starts, starts[1:] + [len(stages)]):
             if first:
                 ax.axvline(epochs[first] - 0.5, color="grey", linestyle="--", linewidth=1)
-            name = "stage " + stages[first].replace(":", ": ").replace("_", " ")  # stage 2: fine tune
-            ax.text((epochs[first] + epochs[end - 1]) / 2, 0.98, name, ha="center", va="top",
+            ax.text((epochs[first] + epochs[end - 1]) / 2, 0.98, stage_title(stages[first]), ha="center", va="top",
                     transform=ax.get_xaxis_transform(), fontsize=9, color="dimgrey")
         if metric == "loss":
             val_loss = [_number(row.get("val_loss")) for row in history]

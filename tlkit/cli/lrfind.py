@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from tlkit.cli_options import flag_overrides, recipe_options
+from tlkit.cli.options import flag_overrides, recipe_options
 
 
 @click.command("lr-find")
@@ -23,7 +23,8 @@ def lr_find_command(recipe, data, out, stage, start, end, steps, weights, weight
                     assignments, no_cache, cache_dir, cache_memory):
     """Sweep the learning rate of one stage of RECIPE exponentially, plot loss against rate, suggest a rate."""
     from tlkit.lrfind import lr_find
-    from tlkit.recipe import load_recipe, override
+    from tlkit.overrides import override
+    from tlkit.recipe import load_recipe
     from tlkit.runner import default_out
 
     sets = flag_overrides(weights, batch_size, image_size, seed, no_cache)

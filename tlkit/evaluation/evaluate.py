@@ -1,62 +1,29 @@
-"""Evaluation: a model's predictions on labelled images, and the figures people read (from scikit-learn).
-
-``figures()`` is pure arithmetic on predictions. ``evaluate()`` gets the predictions: from a run folder's
-Keras model on one of its splits or a folder, or from an exported SavedModel through its ``serving_pixels``
-signature, so the artefact that ships is the one measured.
+"""Evaluation: a model's predictions on labelled images (:mod:`tlkit.evaluation.metrics` turns them into
+figures). ``evaluate()`` gets the predictions from a run folder's Keras model on one of its splits or a folder,
+or from an exported model through its predictor, so the artefact that ships is the one measured.
 """
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support,
-                             top_k_accuracy_score)
 
-from tlkit.data import SPLITS, ImageData, decode_all, decode_failure, read_pixels
+from tlkit.data import SPLITS, ImageData
 from tlkit.errors import TlkitError
-from tlkit.progress import progress
+from tlkit.evaluation.metrics import figures
+from tlkit.images import decode_all
+from tlkit.model import inference
 from tlkit.runfolder import RunFolder
+from tlkit.serving.layout import find_savedmodel
+from tlkit.serving.predictors import load_predictor
+from tlkit.serving.signatures import probabilities
 from tlkit.sources import list_tfds, scan_folder
+from tlkit.ui import progress
 
 log = logging.getLogger(__name__)
-
-
-def figures(labels, probabilities, class_names: list[str], top_k: int = 5) -> dict:
-    """Accuracy, top-k accuracy, log loss, precision/recall/F1 (macro, weighted, per class) and the confusion
-    matrix (rows: true class, columns: predicted) of class probabilities against true labels.
-
-    ``top_k`` is capped at the number of classes minus one: top-k over every class is always 1. Macro and
-    weighted averages cover the classes present in the labels or predictions (scikit-learn's default).
-    """
-    labels, probabilities = np.asarray(labels), np.asarray(probabilities)
-    classes = np.arange(len(class_names))
-    predicted = probabilities.argmax(axis=1)
-    k = max(1, min(top_k, len(class_names) - 1))
-    scores = probabilities[:, 1] if len(class_names) == 2 else probabilities  # scikit-learn's binary form
-
-    def averaged(average):
-        precision, recall, f1, _ = precision_recall_fscore_support(labels, predicted, average=average,
-                                                                    zero_division=0)
-        return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
-
-    per_class = precision_recall_fscore_support(labels, predicted, labels=classes, zero_division=0)
-    return {
-        "images": int(len(labels)),
-        "accuracy": float(accuracy_score(labels, predicted)),
-        "top_k": k,
-        "top_k_accuracy": float(top_k_accuracy_score(labels, scores, k=k, labels=classes)),
-        "log_loss": float(log_loss(labels, probabilities, labels=classes)),
-        "macro": averaged("macro"),
-        "weighted": averaged("weighted"),
-        "per_class": {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-                      for name, p, r, f, s in zip(class_names, *per_class)},
-        "classes": list(class_names),
-        "confusion_matrix": confusion_matrix(labels, predicted, labels=classes).tolist(),
-    }
 
 
 @dataclass
@@ -103,9 +70,6 @@ def default_split(split_names) -> str:
 
 def predict(model, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Class probabilities ``(N, classes)`` of a Keras classifier on uint8 pixels ``(N, size, size, 3)``."""
-    from tlkit.export import probabilities
-    from tlkit.model import inference
-
     forward = inference(model)
     batches = [forward(pixels[i:i + batch_size].astype(np.float32)).numpy()
                for i in progress(range(0, len(pixels), batch_size), desc="predict", unit="batch")]
@@ -129,11 +93,11 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, top_k: int = 
     The report goes in the run folder for its default split, in ``RUN/evaluations/DATA`` for other data.
     """
     path = Path(model)
-    export = export_version(path)
-    if export is not None:
-        return _evaluate_export(export, data, top_k, batch_size)
     run = RunFolder(path)
     if not run.model_file.is_file():
+        export = find_savedmodel(path)
+        if export is not None:
+            return _evaluate_export(export, data, top_k)
         raise TlkitError(f"{path} is neither a run folder (with model.keras) nor an exported model (with "
                          "saved_model.pb); pass the --out folder of `tlkit run` or its export/NAME/VERSION folder")
     recipe, class_names = run.recipe(), run.class_names()
@@ -153,20 +117,12 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, top_k: int = 
     else:
         paths, labels, skipped = labelled_folder(name, class_names)
         listing, description = None, str(Path(name).expanduser())
-    pixels, failures, ok = decode_all(paths, recipe.size, description, listing)
+    pixels, failures, ok = decode_all(paths, recipe.size, description, listing.payloads(paths) if listing else None)
     _require_images(ok, description)
-    probabilities = predict(run.load_model(compile=False), pixels, batch_size)
+    probabilities = predict(run.load_model(), pixels, batch_size)
     report_dir = run.path if name == default else run.path / "evaluations" / Path(name).name
     return _evaluation(str(path), description, class_names, paths, labels, ok, probabilities, skipped + failures,
                        top_k, run, report_dir, pixels)
-
-
-def export_version(path: Path) -> Path | None:
-    """The SavedModel that MODEL names: ``export/NAME/VERSION`` itself, or the newest version in ``export/NAME``."""
-    if (path / "saved_model.pb").is_file():
-        return path
-    versions = [p for p in path.glob("*") if p.name.isdigit() and (p / "saved_model.pb").is_file()]
-    return max(versions, key=lambda p: int(p.name), default=None)
 
 
 def labelled_folder(root: str | Path, class_names: list[str]) -> tuple[list[Path], np.ndarray, list]:
@@ -196,46 +152,16 @@ def _evaluation(model, description, class_names, paths, labels, ok, probabilitie
                       probabilities, sorted(skipped), top_k, run, report_dir, images)
 
 
-def _evaluate_export(export: Path, data, top_k: int, batch_size: int) -> Evaluation:
-    import tensorflow as tf
-
+def _evaluate_export(export: Path, data, top_k: int) -> Evaluation:
+    """An exported model on a folder of class sub-folders, through its predictor (the ``serving_pixels``
+    signature, fed pixels decoded and resized as training decodes them)."""
     if data is None or str(data) in SPLITS:
         raise TlkitError(f"{export} is an exported model and has no splits; "
                          "pass --data FOLDER (a folder of class sub-folders)")
-    labels_file = export / "assets" / "labels.txt"
-    if not labels_file.is_file():
-        raise TlkitError(f"{labels_file} is missing; re-export the run with `tlkit export RUN --force`")
-    class_names = labels_file.read_text(encoding="utf-8").splitlines()
-    paths, labels, skipped = labelled_folder(data, class_names)
-    signature = tf.saved_model.load(str(export)).signatures.get("serving_pixels")
-    if signature is None:
-        raise TlkitError(f"{export} has no serving_pixels signature; re-export the run with `tlkit export`")
-    probabilities, failures, ok = _predict_export(signature, paths, batch_size)
+    predictor = load_predictor(export)
+    paths, labels, skipped = labelled_folder(data, predictor.class_names)
     description = str(Path(data).expanduser())
+    pixels, failures, ok = decode_all(paths, predictor.size, description)
     _require_images(ok, description)
-    return _evaluation(str(export), description, class_names, paths, labels, ok, probabilities,
-                       skipped + failures, top_k)
-
-
-def _predict_export(signature, paths: list[Path], batch_size: int):
-    """Probabilities from ``serving_pixels`` fed each file's own pixels (the export resizes them, as in
-    training); images of one shape share a call. Returns probabilities, failures and the ok mask."""
-    import tensorflow as tf
-
-    rows: list[np.ndarray | None] = [None] * len(paths)
-    failures = []
-    for start in progress(range(0, len(paths), batch_size), desc="predict", unit="batch"):
-        by_shape = defaultdict(list)
-        for i in range(start, min(start + batch_size, len(paths))):
-            try:
-                pixels = read_pixels(paths[i])
-            except Exception as error:
-                failures.append((paths[i], decode_failure(error)))
-                continue
-            by_shape[pixels.shape].append((i, pixels))
-        for group in by_shape.values():
-            out = signature(pixels=tf.constant(np.stack([pixels for _, pixels in group])))["probabilities"]
-            for (i, _), row in zip(group, out.numpy()):
-                rows[i] = row
-    ok = np.array([row is not None for row in rows], bool)
-    return np.array([row for row in rows if row is not None]), failures, ok
+    return _evaluation(str(export), description, predictor.class_names, paths, labels, ok,
+                       predictor.probabilities(pixels), skipped + failures, top_k)

@@ -1,4 +1,4 @@
-"""`tlkit export` and `tlkit predict`: parse options, call tlkit.export / tlkit.predict, print the answers."""
+"""`tlkit export` and `tlkit predict`: parse options, call tlkit.serving, print the answers."""
 from __future__ import annotations
 
 import csv
@@ -30,8 +30,8 @@ def _size(n: int) -> str:
 @click.option("--check", is_flag=True, help="Compare every export with the Keras model on the validation split.")
 def export_command(run_dir, formats, name, version, force, check):
     """Export a run folder's model for serving: SavedModel (TF Serving), TFLite variants, ONNX."""
-    from tlkit.export import export_run, parse_formats
     from tlkit.runfolder import RunFolder
+    from tlkit.serving.export import export_run, parse_formats
 
     folder = RunFolder.open(run_dir)
     exports = export_run(folder, parse_formats(formats), name, version, force, check)
@@ -60,7 +60,7 @@ def predict_command(model, images, top_k, as_json, as_csv):
     """Classify IMAGES (files or folders) with MODEL: a run folder, a SavedModel folder or a .tflite/.onnx file.
 
     Exits with status 1 if any file could not be read (each is named on stderr)."""
-    from tlkit.predict import load_predictor, predict_files
+    from tlkit.serving.predictors import load_predictor, predict_files
 
     if as_json and as_csv:
         raise TlkitError("choose one of --json and --csv")

@@ -1,44 +1,16 @@
-"""The `tlkit` command: parses options and calls the library; user errors are one line, no traceback."""
+"""`tlkit recipes` and `tlkit run`: list the bundled recipes, train one into a run folder."""
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
-
-import sys
 from pathlib import Path
 
 import click
 
-from tlkit.cli_options import flag_overrides, recipe_options
-from tlkit.distribute import PRECISIONS, STRATEGIES
+from tlkit.cli.options import flag_overrides, recipe_options
 from tlkit.errors import TlkitError
-from tlkit.progress import setup_logging, start_tensorflow
+from tlkit.training.distribute import PRECISIONS, STRATEGIES
 
 
-class _Group(click.Group):
-    """Turn TlkitError into `Error: message` and exit status 2, never a traceback."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except TlkitError as error:
-            click.echo(f"tlkit: error: {error}", err=True)
-            sys.exit(error.exit_code)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", is_flag=True, help="Log more detail.")
-@click.version_option(package_name="tlkit")
-@click.pass_context
-def cli(ctx, verbose):
-    """Transfer learning for image folders: pick a recipe, point it at your images, get a served model."""
-    setup_logging(verbose)
-    if ctx.invoked_subcommand not in (None, "recipes"):
-        start_tensorflow(verbose)
-
-
-@cli.command("recipes")
+@click.command("recipes")
 def recipes_command():
     """List the bundled recipes."""
     from tlkit.recipe import bundled_recipes
@@ -61,7 +33,7 @@ def _epochs(value: str | None, stages: int) -> list[str]:
     return [f"stages.{i}.epochs={p}" for i, p in enumerate(parts)]
 
 
-@cli.command("run")
+@click.command("run")
 @click.argument("recipe", required=False)
 @click.option("--data", help="Class folders, train/val(/test) folders, a CSV of path,label, or tfds:NAME[:SPLIT] "
               "(overrides the recipe's data.path).")
@@ -79,10 +51,11 @@ def _epochs(value: str | None, stages: int) -> list[str]:
 def run_command(recipe, data, out, weights, weights_dir, epochs, batch_size, image_size, seed, assignments,
                 no_cache, cache_dir, cache_memory, strategy, precision, resume_dir, export_formats):
     """Train RECIPE (a bundled name or a .py file) and write a run folder with the model and its export."""
-    from tlkit.export import parse_formats
-    from tlkit.recipe import load_recipe, override
+    from tlkit.overrides import override
+    from tlkit.recipe import load_recipe
     from tlkit.runfolder import RunFolder
     from tlkit.runner import default_out, run
+    from tlkit.serving.export import parse_formats
 
     if resume_dir:
         if recipe or out:
@@ -104,28 +77,3 @@ def run_command(recipe, data, out, weights, weights_dir, epochs, batch_size, ima
     click.echo(f"validation accuracy {val['accuracy']:.4f} on {val['images']} images; run folder: {result.folder}")
     if result.export:
         click.echo(f"SavedModel: {result.export}")
-
-
-from tlkit.cli_serving import export_command, predict_command  # noqa: E402
-cli.add_command(export_command)
-cli.add_command(predict_command)
-
-
-from tlkit.cli_data import data  # noqa: E402
-from tlkit.cli_evaluate import evaluate_command  # noqa: E402
-cli.add_command(data)
-cli.add_command(evaluate_command)
-
-
-from tlkit.cli_lrfind import lr_find_command  # noqa: E402
-from tlkit.cli_cache import cache  # noqa: E402
-cli.add_command(lr_find_command)
-cli.add_command(cache)
-
-
-def main():
-    cli(prog_name="tlkit")
-
-
-if __name__ == "__main__":
-    main()

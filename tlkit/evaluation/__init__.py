@@ -1,0 +1,1 @@
+"""Evaluation: figures from predictions, predictions from models, and the reports people read."""

@@ -1,0 +1,38 @@
+"""The check that every export answers as the Keras model does, on the run's validation images."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from tlkit.runfolder import RunFolder
+from tlkit.serving.layout import Export
+from tlkit.serving.predictors import BATCH, load_predictor
+from tlkit.serving.signatures import probabilities
+
+log = logging.getLogger(__name__)
+
+LOW_AGREEMENT = 0.95  # below this top-1 agreement with Keras, `export --check` warns
+
+
+def agreement(reference: np.ndarray, probs: np.ndarray) -> dict:
+    """Top-1 agreement and the largest probability difference between two sets of answers."""
+    return {"images": len(reference), "top1_agreement": float(np.mean(reference.argmax(1) == probs.argmax(1))),
+            "max_probability_difference": float(np.abs(reference - probs).max())}
+
+
+def check_exports(folder: RunFolder, exports: list[Export], model) -> None:
+    """Fill each export's ``check`` with its agreement with the Keras model on the validation split."""
+    pixels = folder.split_pixels("val", folder.recipe().size, "check")
+    reference = np.asarray(probabilities(model.predict(pixels.astype(np.float32), batch_size=BATCH, verbose=0)))
+    for export in exports:
+        for variant, entry in export.files.items():
+            result = export.check[variant] = agreement(reference, load_predictor(folder.path / entry["path"])
+                                                       .probabilities(pixels))
+            log.info("check %s %s: top-1 agreement %.4f, max probability difference %.2g on %d validation "
+                     "images", export.format, variant, result["top1_agreement"],
+                     result["max_probability_difference"], len(pixels))
+            if result["top1_agreement"] < LOW_AGREEMENT:
+                log.warning("%s %s changes %.1f %% of the Keras answers on the validation images; serve a float "
+                            "variant where answers must match the trained model", export.format, variant,
+                            100 * (1 - result["top1_agreement"]))

@@ -1,0 +1,216 @@
+"""Compute the frozen part once: cut the base where training starts, cache the tensors that cross the cut
+(through the array store: in RAM within a memory budget, else memory-mapped from disk), and train only what
+is above it. Also how augmentation maps onto cached copies of each image."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tlkit.model import Classifier, inference
+from tlkit.recipe import Augment, Recipe
+from tlkit.storage import ArrayStore
+from tlkit.ui import progress
+
+if TYPE_CHECKING:
+    from tlkit.data import ImageData
+    from tlkit.weights import ResolvedWeights
+
+log = logging.getLogger(__name__)
+
+
+def feature_batch(size: int) -> int:
+    """Images per forward pass while computing features: 128 up to 160 px (faster than Keras' default 32 on
+    CPUs), fewer at larger sizes so activations stay small."""
+    return int(np.clip(2 ** int(np.log2(128 * 160 * 160 / size ** 2)), 16, 128))
+
+
+def feature_fingerprint(recipe: Recipe, weights: ResolvedWeights, data: ImageData) -> dict:
+    """What cached features depend on apart from the cut: files, base, weights, image size."""
+    if weights.path:
+        stat = weights.path.stat()
+        weight_id = [str(weights.path.resolve()), stat.st_size, stat.st_mtime_ns]
+    else:
+        weight_id = f"random init, seed {recipe.seed}"
+    return {**data.fingerprint(), "base": recipe.base, "alpha": recipe.alpha, "size": recipe.size,
+            "weights": weight_id}
+
+
+# === Where to cut ===
+
+def frontier(base: keras.Model, cut: int) -> list:
+    """The tensors made by frozen layers (``base.layers[:cut]``) that trainable layers or the output use."""
+    index = {id(layer): i for i, layer in enumerate(base.layers)}
+    found, seen = [], set()
+
+    def add(tensor):
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            found.append(tensor)
+
+    for layer in base.layers[cut:]:
+        for node in layer._inbound_nodes[:1]:
+            for tensor in node.input_tensors:
+                if index.get(id(tensor._keras_history.operation), cut) < cut:
+                    add(tensor)
+    for tensor in base.outputs:
+        if index[id(tensor._keras_history.operation)] < cut:
+            add(tensor)
+    return found
+
+
+def pools_at_output(classifier: Classifier, cut: int) -> bool:
+    """True when the cut is the base's output and the head starts with global pooling: then the cache holds
+    the pooled vectors (exact, and far smaller than the feature maps)."""
+    return cut == len(classifier.base.layers) and isinstance(
+        classifier.head.layers[0], (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D))
+
+
+def cached_tensors(classifier: Classifier, cut: int) -> list:
+    """What the cache holds for a cut: the tensors crossing it, or the head's pooling of the base's output."""
+    if pools_at_output(classifier, cut):
+        return [classifier.head.layers[0](classifier.base.output)]
+    return frontier(classifier.base, cut)
+
+
+def _one_or_list(tensors):
+    return tensors if len(tensors) > 1 else tensors[0]
+
+
+def feature_model(classifier: Classifier, cut: int, lower: int | None = None) -> keras.Model:
+    """What computes a cut's cached tensors: raw pixels -> preprocessing -> the frozen part of the base, or,
+    given ``lower``, the cached tensors of that lower cut -> the frozen layers between the two cuts."""
+    base, outputs = classifier.base, _one_or_list(cached_tensors(classifier, cut))
+    if lower is not None:
+        return keras.Model(_one_or_list(frontier(base, lower)), outputs)
+    frozen = keras.Model(base.input, outputs)
+    images = keras.Input(base.input.shape[1:], name="image")
+    return keras.Model(images, frozen(classifier.preprocess(images), training=False))
+
+
+def above_cut_model(classifier: Classifier, cut: int) -> keras.Model:
+    """A cut's cached tensors -> the trainable top of the base -> head: what trains on cached features."""
+    base, head, tensors = classifier.base, classifier.head, cached_tensors(classifier, cut)
+    inputs = [keras.Input(t.shape[1:], name=f"cut_{i}") for i, t in enumerate(tensors)]
+    if pools_at_output(classifier, cut):
+        x = inputs[0]
+        for layer in head.layers[1:]:
+            x = layer(x)
+        return keras.Model(inputs[0], x)
+    if cut == len(base.layers):
+        x = inputs[0]
+    else:
+        top = keras.Model(_one_or_list(tensors), base.output)
+        x = top(_one_or_list(inputs), training=False)
+    return keras.Model(_one_or_list(inputs), head(x))
+
+
+# === Replicas: how augmentation maps onto cached copies ===
+
+@dataclass(frozen=True)
+class Replicas:
+    """The cached copies of each training image, and the reason this mode was chosen."""
+
+    transforms: tuple[Callable, ...]
+    name: str
+    reason: str
+
+    def __len__(self):
+        return len(self.transforms)
+
+    def first(self) -> "Replicas":
+        """Only the unaugmented copy: what validation images get."""
+        return Replicas(self.transforms[:1], "x1", "")
+
+
+def _identity(x):
+    return x
+
+
+def _flip_lr(x):
+    return tf.reverse(x, axis=[2])
+
+
+def _flip_ud(x):
+    return tf.reverse(x, axis=[1])
+
+
+def choose_replicas(recipe: Recipe, augment_layer) -> Optional[Replicas]:
+    """Cached replicas for the recipe's augmentation, or None when every step must run the base."""
+    spec: Augment = recipe.augment
+    if not recipe.cache:
+        return None
+    if not spec.active:
+        return Replicas((_identity,), "cached", "exact: no augmentation")
+    if spec.only_flip:
+        flips = {"horizontal": (_identity, _flip_lr), "vertical": (_identity, _flip_ud),
+                 "horizontal_and_vertical": (_identity, _flip_lr, _flip_ud, lambda x: _flip_ud(_flip_lr(x)))}
+        transforms = flips[spec.flip]
+        return Replicas(transforms, f"cached x{len(transforms)}",
+                        f"exact: {spec.flip} flip has {len(transforms)} outcomes, each cached, one drawn per epoch")
+    if recipe.augment_replicas:
+        def augmented(x):
+            return augment_layer(x, training=True)
+        return Replicas((_identity,) + (augmented,) * recipe.augment_replicas,
+                        f"cached x{recipe.augment_replicas + 1}",
+                        f"approximate: {recipe.augment_replicas} augmented replicas per image (augment_replicas)")
+    return None
+
+
+# === The store ===
+
+class FeatureStore:
+    """Feature arrays of models, kept in an :class:`ArrayStore` (shared with the decoded images, so both fit
+    one memory budget), each computed by one traced forward pass per model."""
+
+    def __init__(self, arrays: ArrayStore):
+        self.arrays = arrays
+        self.events: list[dict] = []
+        self._traced: dict[int, tuple[keras.Model, Callable]] = {}  # id(model) -> (model, its traced forward)
+
+    def load_or_compute(self, parts: dict, model: keras.Model, chunks: Callable, n: int, replicas: int,
+                        what: str, batch_size: int = 64) -> list[np.ndarray]:
+        """Arrays ``(replicas, n, *shape)``, one per model output; computed only if not cached already.
+
+        ``chunks(k)`` yields ``(start, inputs)`` for images ``start:start + k``, ``inputs[r]`` being the model's
+        inputs for replica ``r``; all replicas of a chunk go through the model as one batch of ``batch_size``.
+        """
+        entry = self.arrays.load_or_compute(
+            parts, f"features {what}", lambda folder: self._compute(folder, model, chunks, n, replicas, what,
+                                                                    batch_size))
+        event = {"what": what, **entry.event}
+        if "seconds" in event:
+            event["images_per_second"] = round(n * replicas / max(event["seconds"], 1e-9), 1)
+        self.events.append(event)
+        rate = f" in {event['seconds']:.1f}s ({event['images_per_second']:.0f} img/s)" if "seconds" in event else ""
+        log.info("features %s: %s%s, %.1f MB in %s", what, event["event"], rate, event["bytes"] / 1e6,
+                 event["where"])
+        return entry.arrays
+
+    def _forward(self, model: keras.Model) -> Callable:
+        """One traced inference function per model, shared by the splits it computes."""
+        if id(model) not in self._traced:
+            self._traced[id(model)] = (model, inference(model))
+        return self._traced[id(model)][1]
+
+    def _compute(self, folder, model, chunks, n, replicas, what, batch_size) -> dict:
+        shapes = [tuple(t.shape[1:]) for t in model.outputs]
+        files = [np.lib.format.open_memmap(folder / f"{i}.npy", "w+", np.float32, (replicas, n, *s))
+                 for i, s in enumerate(shapes)]
+        forward = self._forward(model)
+        with progress(total=n * replicas, desc=f"features {what}", unit="img") as bar:
+            for start, inputs in chunks(max(1, batch_size // replicas)):
+                batch = [tf.concat(column, axis=0) for column in zip(*inputs)]
+                out = forward(batch if len(batch) > 1 else batch[0])
+                out = out if isinstance(out, (list, tuple)) else [out]
+                for array, value in zip(files, out):
+                    value = value.numpy()
+                    array[:, start:start + len(value) // replicas] = value.reshape(replicas, -1, *value.shape[1:])
+                bar.update(len(out[0]))
+        for array in files:
+            array.flush()
+        return {"shapes": shapes, "n": n, "replicas": replicas}

@@ -1,0 +1,85 @@
+"""The training loop: one optimizer step under ``strategy.run`` (one device, MirroredStrategy and
+MultiWorkerMirroredStrategy alike), the weighted loss, and evaluation; epochs run inside the graph."""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from tlkit.recipe import Recipe
+from tlkit.training.optim import SmoothedSparseCrossentropy
+
+
+def loss_for(recipe: Recipe, label_smoothing: float = 0.0, reduction="sum_over_batch_size"):
+    if recipe.head.activation == "sigmoid":
+        return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing, reduction=reduction)
+    if label_smoothing:
+        return SmoothedSparseCrossentropy(label_smoothing, reduction=reduction)
+    return keras.losses.SparseCategoricalCrossentropy(reduction=reduction)
+
+
+class Loop:
+    """Train and evaluate one model: the step runs under ``strategy.run``, its sums are reduced across
+    replicas and workers (Keras 3 ``fit`` does not run under MultiWorkerMirroredStrategy, keras#20585)."""
+
+    def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, optimizer, recipe: Recipe,
+                 class_weight: dict[int, float] | None = None, label_smoothing: float = 0.0):
+        self.strategy, self.model, self.optimizer = strategy, model, optimizer
+        self.per_example_loss = loss_for(recipe, label_smoothing, reduction=None)
+        self.class_weight = None if class_weight is None else tf.constant(
+            [class_weight[i] for i in range(len(class_weight))], tf.float32)  # training loss weight per class
+        self.sigmoid = recipe.head.activation == "sigmoid"
+        self._train_epoch = tf.function(self._epoch)
+        self._train_step = tf.function(self._step)
+        self._evaluate_epoch = tf.function(self._evaluate)
+
+    def _correct(self, y, out):
+        if self.sigmoid:
+            hits = tf.equal(tf.cast(out > 0.5, tf.float32), y)
+        else:
+            hits = tf.equal(tf.argmax(out, axis=-1, output_type=tf.int32), y)
+        return tf.reduce_sum(tf.cast(hits, tf.float32))
+
+    def _replica_step(self, x, y):
+        with tf.GradientTape() as tape:
+            out = tf.cast(self.model(x, training=True), tf.float32)
+            losses = self.per_example_loss(y, out)
+            if self.class_weight is not None:
+                losses *= tf.gather(self.class_weight, tf.reshape(tf.cast(y, tf.int32), [-1]))
+            loss = tf.nn.compute_average_loss(losses)
+            scaled = self.optimizer.scale_loss(loss)  # loss scaling under mixed_float16, else unchanged
+        variables = self.model.trainable_variables
+        self.optimizer.apply(tape.gradient(scaled, variables), variables)
+        return tf.reduce_sum(losses), self._correct(y, out), tf.cast(tf.shape(losses)[0], tf.float32)
+
+    def _epoch(self, batches):
+        """One pass over a distributed dataset, the loop inside the graph (no Python per step)."""
+        totals = tf.zeros(3)
+        for x, y in batches:
+            totals += tf.stack(self._step(x, y))
+        return totals
+
+    def _step(self, x, y):
+        sums = self.strategy.run(self._replica_step, args=(x, y))
+        return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, s, axis=None) for s in sums]
+
+    def train_step(self, x, y) -> float:
+        """One optimizer step on one batch, exactly as an epoch takes it; returns the batch's mean loss."""
+        loss, _, count = self._train_step(x, y)
+        return float(loss / count)
+
+    def train_epoch(self, dataset) -> dict:
+        totals = self._train_epoch(self.strategy.experimental_distribute_dataset(dataset)).numpy()
+        return {"loss": float(totals[0] / totals[2]), "accuracy": float(totals[1] / totals[2])}
+
+    def _evaluate(self, batches):
+        totals = tf.zeros(3)
+        for x, y in batches:
+            out = tf.cast(self.model(x, training=False), tf.float32)
+            totals += tf.stack([tf.reduce_sum(self.per_example_loss(y, out)), self._correct(y, out),
+                                tf.cast(tf.shape(y)[0], tf.float32)])
+        return totals
+
+    def evaluate(self, dataset) -> dict:
+        """Loss and accuracy over a dataset, computed locally (every worker gets the same figures)."""
+        totals = self._evaluate_epoch(dataset).numpy()
+        return {"loss": float(totals[0] / totals[2]), "accuracy": float(totals[1] / totals[2])}

@@ -1,0 +1,88 @@
+"""Where training stands (saved with every checkpoint, so a resumed run continues exactly), and what the
+stages did."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass
+class StageReport:
+    """What one stage did, for the console and the run folder."""
+
+    name: str
+    mode: str
+    reason: str
+    first_trainable_layer: str | None
+    trainable_params: int
+    total_params: int
+    parameters: dict = field(default_factory=dict)  # tlkit.training.summary.ParameterSummary
+    epochs_run: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class TrainState:
+    """Counters of the current stage and of the whole run, the best epoch so far (lowest validation loss in
+    any stage), early-stopping and reduce-on-plateau counters, the history rows and the finished stages."""
+
+    stage: int = 0  # index of the current stage in recipe.stages
+    stage_epoch: int = 0  # epochs done in the current stage
+    global_epoch: int = 0  # epochs done in all stages
+    stage_done: bool = False
+    best: dict | None = None  # stage, epoch, val_loss, val_accuracy of the best epoch
+    best_loss: float = math.inf
+    stage_best: float = math.inf  # lowest val_loss of the current stage (early stopping)
+    wait: int = 0  # epochs since stage_best improved
+    plateau: list | None = None  # reduce-on-plateau's wait, best and cooldown counters
+    history: list[dict] = field(default_factory=list)
+    stages: list[dict] = field(default_factory=list)  # StageReport of each finished stage
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainState":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    def done_with(self, index: int) -> bool:
+        """Whether the stage at ``index`` finished before (in a run being resumed)."""
+        return index < self.stage or (index == self.stage and self.stage_done)
+
+    def start_stage(self, index: int) -> None:
+        self.stage, self.stage_epoch, self.stage_done = index, 0, False
+        self.stage_best, self.wait, self.plateau = math.inf, 0, None
+
+    def record_epoch(self, stage: str, logs: dict, seconds: float) -> bool:
+        """Add an epoch's history row and update the best epoch and the early-stopping counters; return
+        whether this epoch is the best so far."""
+        self.global_epoch += 1
+        self.history.append({"stage": stage, "epoch": self.global_epoch, **logs, "seconds": round(seconds, 3)})
+        loss = logs["val_loss"]
+        best = loss < self.best_loss
+        if best:
+            self.best_loss = loss
+            self.best = {"stage": stage, "epoch": self.global_epoch, "val_loss": loss,
+                         "val_accuracy": logs["val_accuracy"]}
+        if loss < self.stage_best:
+            self.stage_best, self.wait = loss, 0
+        else:
+            self.wait += 1
+        return best
+
+    def patience_ran_out(self, patience: int | None) -> bool:
+        return bool(patience) and self.wait >= patience
+
+    def stage_seconds(self, stage: str) -> float:
+        return round(sum(row["seconds"] for row in self.history if row["stage"] == stage), 3)
+
+
+@dataclass
+class Training:
+    """The outcome of all stages: per-epoch history rows, stage reports, where the best weights came from."""
+
+    history: list[dict] = field(default_factory=list)
+    stages: list[StageReport] = field(default_factory=list)
+    best: dict | None = None
+    feature_seconds: float = 0.0
