@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from tlkit.backbones import BACKBONES
+from tlkit.backbones import Backbone, WeightFile
 from tlkit.errors import TlkitError
+from tlkit.recipe import get_backbone
 
 log = logging.getLogger(__name__)
 
@@ -42,28 +43,28 @@ def search_dirs(weights_dir: Optional[str] = None) -> list[Path]:
 
 def resolve_weights(base: str, alpha: Optional[float], size: int, weights: str,
                     weights_dir: Optional[str] = None) -> ResolvedWeights:
-    """Find the weights file for a recipe's base, downloading ImageNet files only as a last resort."""
+    """Find the weights file for a recipe's base, downloading pretrained files only as a last resort."""
     if weights == "none":
         return ResolvedWeights(weights, None)
     if weights not in ("imagenet", "auto"):
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise TlkitError(f"weights file not found: {path} "
-                             "(use --weights imagenet, none, auto or an existing .h5 file)")
+            raise TlkitError(f"weights file not found: {path} (use --weights imagenet, none, auto or an existing "
+                             ".h5 or .keras file)")
         return ResolvedWeights(weights, path)
-    files = BACKBONES[base].weight_files(alpha, size)
-    dirs = search_dirs(weights_dir)
-    for file in files:
-        for folder in dirs:
-            if (folder / file.name).is_file():
-                return ResolvedWeights(weights, folder / file.name)
+    backbone = get_backbone(base)
+    found = backbone.find_file(alpha, size, search_dirs(weights_dir))
+    if found is not None:
+        return ResolvedWeights(weights, found)
+    files = [f for f in backbone.weight_files(alpha, size) if f.url]
     try:
-        path = _download(files[0])
-        return ResolvedWeights(weights, path)
+        if not files:
+            raise FileNotFoundError("no download source")
+        return ResolvedWeights(weights, _download(files[0]))
     except Exception as error:  # any download failure means: not obtainable here
         reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".strip()
-    looked = ", ".join(str(d) for d in dirs)
-    wanted = " or ".join(f.name for f in files)
+    looked = ", ".join(str(d) for d in search_dirs(weights_dir))
+    wanted = " or ".join(f.name for f in files) or "its weights file"
     message = (f"ImageNet weights for {base} not found: looked for {wanted} in {looked}; download failed "
                f"({reason}). Fix: copy the file into one of those folders, pass --weights-dir DIR or set "
                "TLKIT_WEIGHTS_DIR, or use --weights none")
@@ -74,14 +75,18 @@ def resolve_weights(base: str, alpha: Optional[float], size: int, weights: str,
     return ResolvedWeights(weights, None, warning)
 
 
-def _download(file) -> Path:
+def _download(file: WeightFile) -> Path:
+    if not file.url.startswith(("https://", "http://")):  # a KerasHub preset handle
+        from tlkit.hub import fetch
+        return fetch(file.url, file.name)
     import keras
     log.info("downloading %s", file.url)
-    return Path(keras.utils.get_file(file.name, file.url, cache_subdir="models", file_hash=file.md5))
+    return Path(keras.utils.get_file(file.name, file.url, cache_subdir="models", file_hash=file.hash))
 
 
-def load_into(model, weights: ResolvedWeights) -> None:
-    """Load resolved weights into a freshly built base, with a one-line error if they do not fit."""
+def load_into(model, weights: ResolvedWeights, backbone: Optional[Backbone] = None) -> None:
+    """Load resolved weights into a freshly built base, with a one-line error if they do not fit; then let
+    the base's record adjust what its files need (``Backbone.after_load``)."""
     if weights.path is None:
         return
     try:
@@ -89,3 +94,5 @@ def load_into(model, weights: ResolvedWeights) -> None:
     except Exception as error:
         raise TlkitError(f"weights file {weights.path} does not fit base {model.name}: "
                          f"{str(error).splitlines()[0]}") from None
+    if backbone is not None and backbone.after_load is not None:
+        backbone.after_load(model)
