@@ -7,7 +7,8 @@ from tlkit.cli import cli
 from tlkit.overrides import valid_keys
 from tlkit.recipe import bundled_recipes
 
-BUNDLED = {"quickstart", "vgg16_features", "resnet50_finetune", "mobilenet", "mobilenet_v2"}
+BUNDLED = {"quickstart", "vgg16_features", "resnet50_finetune", "mobilenet", "mobilenet_v2", "efficientnetv2_b0",
+           "convnext_tiny"}
 
 
 def test_bundled_recipes_cover_the_required_bases():

@@ -219,7 +219,9 @@ def _efficientnet_variance(base) -> None:
     built without weights has no such layer, so the loaded variance is scaled by std instead: the same function."""
     import numpy as np
     norm = next(layer for layer in base.layers if type(layer).__name__ == "Normalization")
-    norm.variance.assign(np.asarray(norm.variance) * np.asarray(_IMAGENET_STD, np.float32))
+    mean, variance, count = norm.get_weights()
+    norm.set_weights([mean, variance * np.asarray(_IMAGENET_STD, variance.dtype), count])
+    norm.finalize_state()  # the layer computes with tensors made from its weights
 
 
 _SWISH_SE = "swish and squeeze-excite lose more under full-integer quantization (EfficientNet-Lite drops both)"

@@ -1,0 +1,79 @@
+"""What each base costs to train here: wall seconds of computing its cached features once (the frozen part, one
+pass over the images), of one head epoch on them and of one fine-tuning epoch (the top 2 blocks, on the features
+cached below them), on a flowers5 subset at the base's default image size; one `tlkit run` per base with an
+empty cache. Weights do not change the time: random init.
+
+    PYTHONPATH=. python benchmarks/bases.py [DATA] [--per-class 20] [--bases a,b,...] [--results FILE.jsonl]
+
+Prints a markdown table; with --results, appends one JSON line per base and skips bases already there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flowers5"
+
+
+def subset(root: Path, dest: Path, per_class: int) -> Path:
+    """The first ``per_class`` files (sorted) of each class, linked into ``dest``."""
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        (dest / class_dir.name).mkdir(parents=True)
+        for f in sorted(class_dir.iterdir())[:per_class]:
+            (dest / class_dir.name / f.name).symlink_to(f.resolve())
+    return dest
+
+
+def measure(base: str, data: Path, work: Path) -> dict:
+    """One head epoch and one fine-tuning epoch of ``base``, both on cached features; seconds of each part."""
+    from tlkit import FeatureExtraction, FineTune, Recipe, run
+    from tlkit.recipe import get_backbone
+
+    record = get_backbone(base)
+    recipe = Recipe(description=f"timing {base}", base=base, alpha=1.0 if record.alphas else None,
+                    weights="none", stages=(FeatureExtraction(epochs=1), FineTune(epochs=1, unfreeze_blocks=2)))
+    result = run(recipe, work / base, data=str(data), cache_dir=str(work / f"cache-{base}"), export=False)
+    info = json.loads((result.folder / "run.json").read_text())
+    head, fine = info["stages"]
+    return {"base": base, "size": recipe.size, "images": info["data"]["counts"],
+            "features_s": info["feature_seconds"], "head_epoch_s": head["seconds"],
+            "fine_tune_epoch_s": fine["seconds"], "first_trainable_layer": fine["first_trainable_layer"],
+            "trainable_params": fine["trainable_params"]}
+
+
+def main():
+    from tlkit.backbones import BACKBONES
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", nargs="?", default=str(DEFAULT_DATA))
+    parser.add_argument("--per-class", type=int, default=20)
+    parser.add_argument("--bases", help="comma-separated; default: every built-in base")
+    parser.add_argument("--results", type=Path, help="JSON lines file to append to (and resume from)")
+    args = parser.parse_args()
+    bases = args.bases.split(",") if args.bases else sorted(BACKBONES)
+    done = {}
+    if args.results and args.results.is_file():
+        done = {r["base"]: r for r in map(json.loads, args.results.read_text().splitlines())}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = subset(Path(args.data), Path(tmp) / "data", args.per_class)
+        for base in bases:
+            if base not in done:
+                done[base] = measure(base, data, Path(tmp))
+                if args.results:
+                    with open(args.results, "a") as f:
+                        f.write(json.dumps(done[base]) + "\n")
+    print("| base | size | features, once (s) | head epoch (s) | fine-tuning epoch (s) |")
+    print("|---|---|---|---|---|")
+    for base in bases:
+        r = done[base]
+        print(f"| {base} | {r['size']} | {r['features_s']:.1f} | {r['head_epoch_s']:.2f} | "
+              f"{r['fine_tune_epoch_s']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
