@@ -20,6 +20,7 @@ from tlkit.backbones import BACKBONES, summarize_blocks
 from tlkit.images import decode_image
 from tlkit.model import Preprocess, build_classifier, set_trainable
 from tlkit.recipe import get_backbone
+from tlkit.runfolder import RunFolder
 from tlkit.training.features import above_cut_model, feature_model
 from tlkit.training.loop import loss_for
 from tlkit.weights import ResolvedWeights, keras_models_dir, resolve_weights
@@ -229,8 +230,7 @@ def test_layernorm_under_batchnorm_frozen_and_train(photos):
         assert bool(moved) == (mode == "train")
 
 
-def _run_folder(path: Path, recipe: Recipe, val_files) -> "RunFolder":
-    from tlkit.runfolder import RunFolder
+def _run_folder(path: Path, recipe: Recipe, val_files) -> RunFolder:
     folder = RunFolder(path)
     path.mkdir(parents=True)
     folder.recipe_file.write_text(recipe.to_json())
@@ -293,8 +293,6 @@ def test_bases_command_lists_every_base(weights_dir):
 def test_registered_base_from_a_keras_file(photos, tmp_path):
     """A network of one's own, saved as .keras: registered from a recipe module, rebuilt at another size with its
     own weights as the pretrained ones, blocks by its layer names; a run folder of it still reads elsewhere."""
-    from tlkit.runfolder import RunFolder
-
     inputs = keras.Input((40, 40, 3))
     x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="stem_scale")(inputs)
     x = keras.layers.Conv2D(8, 3, strides=2, name="stem_conv")(x)
@@ -328,7 +326,7 @@ recipe = Recipe(description="mine", base="my_net", image_size=48,
         random_init = build_classifier(override(recipe, ["weights=none"]), 2, RANDOM)
         assert not np.array_equal(random_init.base.get_layer("stage1_conv").kernel,
                                   saved.get_layer("stage1_conv").kernel)
-        with pytest.raises(TlkitError, match="'vgg16' is built in"):
+        with pytest.raises(ValueError, match="'vgg16' is built in"):
             register_backbone("vgg16", tmp_path / "my_net.keras", preprocessing="tf", block_pattern="x")
         folder = _run_folder(tmp_path / "run", recipe, photos.files)
     finally:
@@ -369,7 +367,6 @@ def hub_vit_preset(tmp_path_factory):
 
 def test_keras_hub_preset_folder_trains_caches_and_serves(hub_preset, flowers_small, photos, tmp_path):
     from tlkit import run
-    from tlkit.runfolder import RunFolder
 
     folder, converter = hub_preset
     base = f"keras_hub:{folder}"
@@ -390,7 +387,7 @@ def test_keras_hub_preset_folder_trains_caches_and_serves(hub_preset, flowers_sm
     assert [s["first_trainable_layer"] for s in info["stages"]] == [None, "stack1_block0_1_pad"]
     assert len((result.folder / "history.csv").read_text().splitlines()) == 1 + 4
 
-    model = RunFolder.open(result.folder).load_model(compile=False)
+    model = RunFolder.open(result.folder).load_model()
     hub_base = next(layer for layer in model.layers if type(layer).__name__ == "ResNetBackbone")
     import keras_hub
     pretrained = keras_hub.models.Backbone.from_preset(str(folder))
@@ -405,7 +402,8 @@ def test_keras_hub_preset_folder_trains_caches_and_serves(hub_preset, flowers_sm
     assert answer["class_ids"].numpy().tolist() == expected.argmax(1).tolist()
 
 
-@pytest.mark.parametrize("preset,first", [("hub_preset", "stack1_block0_1_pad"), ("hub_vit_preset", "vit_patching_and_embedding")])
+@pytest.mark.parametrize("preset,first", [("hub_preset", "stack1_block0_1_pad"),
+                                          ("hub_vit_preset", "vit_patching_and_embedding")])
 def test_keras_hub_preset_in_the_per_base_checks(preset, first, photos, request):
     """The block, freezing, one-step and cache checks of every built-in base, on the preset's own weights; a ViT
     pools over its tokens and unfreezes by top-level layer."""
