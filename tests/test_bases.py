@@ -416,8 +416,15 @@ def test_keras_hub_preset_in_the_per_base_checks(preset, first, photos, request)
     _check_cached_features(classifier, cut, photos(48))
 
 
-def test_keras_hub_errors_are_one_line(tmp_path):
-    pytest.importorskip("keras_hub")
+def test_keras_hub_errors_are_one_line(hub_preset, tmp_path):
+    import shutil
+
+    folder = tmp_path / "no_weights"
+    shutil.copytree(hub_preset[0], folder, ignore=shutil.ignore_patterns("model.weights.h5"))
+    with pytest.raises(TlkitError, match=r"weights of keras_hub:.*no_weights not found \(FileNotFoundError: "
+                                         r".*no_weights/model.weights.h5 missing\)\. Fix: .*--weights none"):
+        resolve_weights(f"keras_hub:{folder}", None, 48, "imagenet")
+    assert resolve_weights(f"keras_hub:{folder}", None, 48, "none").path is None
     with pytest.raises(TlkitError, match=r"KerasHub preset '.*not_a_preset' cannot be read .*save_to_preset"):
         get_backbone(f"keras_hub:{tmp_path / 'not_a_preset'}")
     with pytest.raises(TlkitError, match="takes no alpha"):

@@ -152,7 +152,8 @@ class Recipe(_Spec):
     weights: str = "imagenet"  # imagenet (the base's pretrained file) | none | auto | path to a weights file
     # frozen: every BatchNorm layer stays non-trainable, so Keras runs it in inference mode and its moving
     # statistics never move (Keras 3 ignores `base(x, training=False)` for trainable BN layers nested in a
-    # functional base). train: BN layers in unfrozen blocks train with batch statistics.
+    # functional base); LayerNorm (no statistics) keeps its scale and offset. train: BN layers in unfrozen blocks
+    # train with batch statistics, LayerNorm there trains its scale and offset.
     batchnorm: Literal["frozen", "train"] = "frozen"
     head: Head = Head()
     augment: Augment = Augment()

@@ -58,16 +58,20 @@ def resolve_weights(base: str, alpha: Optional[float], size: int, weights: str,
         return ResolvedWeights(weights, found)
     files = [f for f in backbone.weight_files(alpha, size) if f.url]
     try:
-        if not files:
-            raise FileNotFoundError("no download source")
+        if not files:  # only local files, and none there
+            raise FileNotFoundError(" or ".join(str(f.path) for f in backbone.weight_files(alpha, size)) + " missing")
         return ResolvedWeights(weights, _download(files[0]))
     except Exception as error:  # any download failure means: not obtainable here
         reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".strip()
-    looked = ", ".join(str(d) for d in search_dirs(weights_dir))
-    wanted = " or ".join(f.name for f in files) or "its weights file"
-    message = (f"ImageNet weights for {base} not found: looked for {wanted} in {looked}; download failed "
-               f"({reason}). Fix: copy the file into one of those folders, pass --weights-dir DIR or set "
-               "TLKIT_WEIGHTS_DIR, or use --weights none")
+    if base.startswith("keras_hub:"):
+        message = (f"weights of {base} not found ({reason}). Fix: load the preset once where you are online, "
+                   "pass a local preset folder with its model.weights.h5 (keras_hub:DIR), or use --weights none")
+    else:
+        looked = ", ".join(str(d) for d in search_dirs(weights_dir))
+        wanted = " or ".join(f.name for f in files) or "its weights file"
+        message = (f"ImageNet weights for {base} not found: looked for {wanted} in {looked}; download failed "
+                   f"({reason}). Fix: copy the file into one of those folders, pass --weights-dir DIR or set "
+                   "TLKIT_WEIGHTS_DIR, or use --weights none")
     if weights == "imagenet":
         raise TlkitError(message)
     warning = f"weights=auto fell back to RANDOM INIT: {message}"
