@@ -326,11 +326,18 @@ recipe = Recipe(description="mine", base="my_net", image_size=48,
         random_init = build_classifier(override(recipe, ["weights=none"]), 2, RANDOM)
         assert not np.array_equal(random_init.base.get_layer("stage1_conv").kernel,
                                   saved.get_layer("stage1_conv").kernel)
+        register_backbone("my_function_net", lambda size: keras.Sequential([keras.Input((size, size, 3))]),
+                          preprocessing="tf", block_pattern=r"^(stage\d)_", default_size=64)
+        with pytest.raises(TlkitError, match=r"pretrained weights of my_function_net not found \(FileNotFoundError: "
+                                             r"none registered\)\. Fix: register it with an existing weights file"):
+            resolve_weights("my_function_net", None, 64, "imagenet")
+        assert "RANDOM INIT" in resolve_weights("my_function_net", None, 64, "auto").warning
         with pytest.raises(ValueError, match="'vgg16' is built in"):
             register_backbone("vgg16", tmp_path / "my_net.keras", preprocessing="tf", block_pattern="x")
         folder = _run_folder(tmp_path / "run", recipe, photos.files)
     finally:
         BACKBONES.pop("my_net", None)
+        BACKBONES.pop("my_function_net", None)
     assert RunFolder(folder.path).recipe().size == 48  # export, evaluate and predict need no registration
     with pytest.raises(TlkitError, match="unknown base 'my_net'.*known once its module is imported"):
         override(recipe, [])

@@ -56,27 +56,34 @@ def resolve_weights(base: str, alpha: Optional[float], size: int, weights: str,
     found = backbone.find_file(alpha, size, search_dirs(weights_dir))
     if found is not None:
         return ResolvedWeights(weights, found)
-    files = [f for f in backbone.weight_files(alpha, size) if f.url]
+    known = backbone.weight_files(alpha, size)
+    files = [f for f in known if f.url]
     try:
-        if not files:  # only local files, and none there
-            raise FileNotFoundError(" or ".join(str(f.path) for f in backbone.weight_files(alpha, size)) + " missing")
+        if not files:  # a local file, not there (or none registered)
+            raise FileNotFoundError(" or ".join(f"{f.path} missing" for f in known) or "none registered")
         return ResolvedWeights(weights, _download(files[0]))
     except Exception as error:  # any download failure means: not obtainable here
         reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".strip()
-    if base.startswith("keras_hub:"):
-        message = (f"weights of {base} not found ({reason}). Fix: load the preset once where you are online, "
-                   "pass a local preset folder with its model.weights.h5 (keras_hub:DIR), or use --weights none")
-    else:
-        looked = ", ".join(str(d) for d in search_dirs(weights_dir))
-        wanted = " or ".join(f.name for f in files) or "its weights file"
-        message = (f"ImageNet weights for {base} not found: looked for {wanted} in {looked}; download failed "
-                   f"({reason}). Fix: copy the file into one of those folders, pass --weights-dir DIR or set "
-                   "TLKIT_WEIGHTS_DIR, or use --weights none")
+    message = _not_found(base, files, reason, weights_dir)
     if weights == "imagenet":
         raise TlkitError(message)
     warning = f"weights=auto fell back to RANDOM INIT: {message}"
     log.warning(warning)
     return ResolvedWeights(weights, None, warning)
+
+
+def _not_found(base: str, files: list[WeightFile], reason: str, weights_dir: Optional[str]) -> str:
+    """The one line saying which pretrained file is missing and how to provide it."""
+    if base.startswith("keras_hub:"):
+        return (f"weights of {base} not found ({reason}). Fix: load the preset once where you are online, pass a "
+                "local preset folder with its model.weights.h5 (keras_hub:DIR), or use --weights none")
+    if not files:
+        return (f"pretrained weights of {base} not found ({reason}). Fix: register it with an existing weights "
+                "file (register_backbone(..., weights=FILE)), or use --weights none")
+    looked = ", ".join(str(d) for d in search_dirs(weights_dir))
+    return (f"ImageNet weights for {base} not found: looked for {' or '.join(f.name for f in files)} in {looked}; "
+            f"download failed ({reason}). Fix: copy the file into one of those folders, pass --weights-dir DIR or "
+            "set TLKIT_WEIGHTS_DIR, or use --weights none")
 
 
 def _download(file: WeightFile) -> Path:
