@@ -157,7 +157,7 @@ def register_backbone(name: str, model: Union[str, Path, Callable[[int], object]
 def _local_file(path) -> WeightFile:
     path = Path(path).expanduser().resolve()
     if not path.is_file():
-        raise ValueError(f"model file not found: {path}")
+        raise ValueError(f"file not found: {path}")
     return WeightFile(path.name, path=path)
 
 
