@@ -1,14 +1,16 @@
 """What each base costs to train here: wall seconds of computing its cached features once (the frozen part, one
 pass over the images), of one head epoch on them and of one fine-tuning epoch (the top 2 blocks, on the features
-cached below them); each stage runs two epochs and the second is reported (the first also traces the step). On a
-flowers5 subset at the base's default image size: the training of `tlkit run` without its checkpoints,
-evaluation and saving, an empty feature cache per base. Weights do not change the time: random init. Also the
-CPU seconds of the whole training (features and the four epochs), which other work on the machine inflates less
-than wall time.
+cached below them); each stage runs two epochs and the second is reported (the first also traces the step). Also
+the CPU seconds of the whole training (features and the four epochs), which other work on the machine inflates
+less than wall time. On a flowers5 subset at one image size for all (or each base's default): the training of
+`tlkit run` without its checkpoints, evaluation and saving, an empty feature cache per base. Weights do not
+change the time: random init.
 
-    PYTHONPATH=. python benchmarks/bases.py [DATA] [--per-class 20] [--bases a,b,...] [--results FILE.jsonl]
+    PYTHONPATH=. python benchmarks/bases.py [DATA] [--per-class 5] [--image-size 224] [--bases a,b,...]
+        [--results FILE.jsonl]
 
-Prints a markdown table; with --results, appends one JSON line per base and skips bases already there.
+Prints a markdown table; with --results, appends one JSON line per base (with the machine's load average) and
+skips bases already there.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ def subset(root: Path, dest: Path, per_class: int) -> Path:
     return dest
 
 
-def measure(base: str, data: Path, cache: Path) -> dict:
+def measure(base: str, data: Path, cache: Path, size: int | None) -> dict:
     """One head epoch and one fine-tuning epoch of ``base``, both on cached features; seconds of each part."""
     import keras
 
@@ -43,6 +45,7 @@ def measure(base: str, data: Path, cache: Path) -> dict:
 
     record = get_backbone(base)
     recipe = Recipe(description=f"timing {base}", base=base, alpha=1.0 if record.alphas else None, weights="none",
+                    image_size=size,
                     stages=(FeatureExtraction(epochs=2, patience=None),
                             FineTune(epochs=2, patience=None, unfreeze_blocks=2)))
     session = prepare(recipe, data, cache_dir=cache)
@@ -56,7 +59,7 @@ def measure(base: str, data: Path, cache: Path) -> dict:
             "training_cpu_s": round(cpu, 1),
             "head_epochs_s": head, "fine_tune_epochs_s": fine, "head_epoch_s": head[1], "fine_tune_epoch_s": fine[1],
             "first_trainable_layer": training.stages[1].first_trainable_layer,
-            "trainable_params": training.stages[1].trainable_params}
+            "trainable_params": training.stages[1].trainable_params, "load_average": os.getloadavg()}
 
 
 def main():
@@ -64,7 +67,8 @@ def main():
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", nargs="?", default=str(DEFAULT_DATA))
-    parser.add_argument("--per-class", type=int, default=20)
+    parser.add_argument("--per-class", type=int, default=5)
+    parser.add_argument("--image-size", type=int, default=224, help="0: each base's default size")
     parser.add_argument("--bases", help="comma-separated; default: every built-in base")
     parser.add_argument("--results", type=Path, help="JSON lines file to append to (and resume from)")
     args = parser.parse_args()
@@ -76,16 +80,16 @@ def main():
         data = subset(Path(args.data), Path(tmp) / "data", args.per_class)
         for base in bases:
             if base not in done:
-                done[base] = measure(base, data, Path(tmp) / "cache")
+                done[base] = measure(base, data, Path(tmp) / "cache", args.image_size or None)
                 if args.results:
                     with open(args.results, "a") as f:
                         f.write(json.dumps(done[base]) + "\n")
-    print("| base | size | features, once (s) | head epoch (s) | fine-tuning epoch (s) |")
-    print("|---|---|---|---|---|")
+    print("| base | size | features, once (s) | head epoch (s) | fine-tuning epoch (s) | training CPU (s) |")
+    print("|---|---|---|---|---|---|")
     for base in bases:
         r = done[base]
         print(f"| {base} | {r['size']} | {r['features_s']:.1f} | {r['head_epoch_s']:.2f} | "
-              f"{r['fine_tune_epoch_s']:.2f} |")
+              f"{r['fine_tune_epoch_s']:.2f} | {r['training_cpu_s']:.0f} |")
 
 
 if __name__ == "__main__":
