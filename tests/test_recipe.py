@@ -7,7 +7,8 @@ from tlkit.cli import cli
 from tlkit.overrides import valid_keys
 from tlkit.recipe import bundled_recipes
 
-BUNDLED = {"quickstart", "vgg16_features", "resnet50_finetune", "mobilenet", "mobilenet_v2"}
+BUNDLED = {"quickstart", "vgg16_features", "resnet50_finetune", "mobilenet", "mobilenet_v2", "efficientnetv2_b0",
+           "convnext_tiny"}
 
 
 def test_bundled_recipes_cover_the_required_bases():
@@ -52,7 +53,8 @@ def test_bad_value_names_the_valid_choices():
     with pytest.raises(TlkitError) as error:
         override(load_recipe("quickstart"), ["head.pooling=mean"])
     assert "'avg', 'max' or 'flatten'" in str(error.value)
-    with pytest.raises(TlkitError, match="valid choices: mobilenet, mobilenet_v2, resnet50, vgg16"):
+    with pytest.raises(TlkitError, match=r"unknown base 'alexnet'; valid choices: convnext_base, .*, mobilenet, "
+                                         r"mobilenet_v2, .*, resnet50, .*, vgg19, xception, or keras_hub:PRESET"):
         override(load_recipe("quickstart"), ["base=alexnet"])
     with pytest.raises(TlkitError, match="alpha in"):
         override(load_recipe("quickstart"), ["alpha=0.3"])

@@ -4,12 +4,13 @@
 >>> result = run(load_recipe("quickstart"), out="runs/quickstart")  # doctest: +SKIP
 >>> result.metrics["val"]["accuracy"]  # doctest: +SKIP
 """
+from tlkit.backbones import register_backbone
 from tlkit.errors import TlkitError
 from tlkit.overrides import override
 from tlkit.recipe import Augment, Data, FeatureExtraction, FineTune, Head, Recipe, load_recipe
 
 __all__ = ["Augment", "Data", "FeatureExtraction", "FineTune", "Head", "Recipe", "TlkitError", "load_recipe",
-           "override", "run"]
+           "override", "register_backbone", "run"]
 
 
 def run(recipe, out, **options):

@@ -1,38 +1,60 @@
-"""The classifier: raw 0-255 pixels -> augmentation -> the base's preprocessing -> base (BatchNorm in
-inference mode) -> head. Also which layers train in each stage."""
+"""The classifier: raw 0-255 pixels -> augmentation -> the base's preprocessing -> base (normalisation layers
+frozen, BatchNorm in inference mode) -> head. Also which layers train in each stage."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import keras
 from keras import layers, ops
 
-from tlkit.backbones import BACKBONES
+from tlkit.backbones import PREPROCESSING, Backbone
 from tlkit.errors import TlkitError
 from tlkit.recipe import Augment, FeatureExtraction, FineTune, Head, Recipe
 from tlkit.weights import ResolvedWeights, load_into
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+_TORCH_MEAN, _TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @keras.saving.register_keras_serializable(package="tlkit")
 class Preprocess(layers.Layer):
-    """A base's input normalisation as a layer, so saved and exported models take raw pixels."""
+    """A base's input normalisation as a layer, so saved and exported models take raw pixels: "tf" [-1, 1],
+    "caffe" BGR minus the ImageNet mean, "torch" ImageNet mean/std on [0, 1], "raw" unchanged (the base
+    normalises inside), "affine" ``x * scale + offset`` per channel (a KerasHub preset's image converter)."""
 
-    def __init__(self, mode: str, **kwargs):
+    def __init__(self, mode: str, scale=None, offset=None, **kwargs):
         super().__init__(**kwargs)
-        if mode not in ("tf", "caffe"):
-            raise ValueError(f"Preprocess mode must be 'tf' or 'caffe'; received: {mode!r}")
-        self.mode = mode
+        if mode not in PREPROCESSING:
+            raise ValueError(f"Preprocess mode must be one of {', '.join(PREPROCESSING)}; received: {mode!r}")
+        if (mode == "affine") != (scale is not None and offset is not None):
+            raise ValueError("Preprocess takes scale and offset with mode='affine' only")
+        self.mode, self.scale, self.offset = mode, scale, offset
 
     def call(self, images):
         x = ops.cast(images, self.compute_dtype)
         if self.mode == "tf":
             return x / 127.5 - 1.0
-        return ops.flip(x, axis=-1) - ops.convert_to_tensor(_CAFFE_MEAN_BGR, self.compute_dtype)
+        if self.mode == "caffe":
+            return ops.flip(x, axis=-1) - ops.convert_to_tensor(_CAFFE_MEAN_BGR, self.compute_dtype)
+        if self.mode == "torch":
+            mean, std = (ops.convert_to_tensor(v, self.compute_dtype) for v in (_TORCH_MEAN, _TORCH_STD))
+            return (x / 255.0 - mean) / std
+        if self.mode == "affine":
+            return x * ops.convert_to_tensor(self.scale, self.compute_dtype) + \
+                ops.convert_to_tensor(self.offset, self.compute_dtype)
+        return x
 
     def get_config(self):
-        return {**super().get_config(), "mode": self.mode}
+        config = {**super().get_config(), "mode": self.mode}
+        return {**config, "scale": list(self.scale), "offset": list(self.offset)} if self.mode == "affine" else config
+
+    @classmethod
+    def for_base(cls, backbone: Backbone) -> "Preprocess":
+        """The layer a base's record asks for."""
+        affine = backbone.preprocessing == "affine"
+        return cls(backbone.preprocessing, backbone.scale if affine else None, backbone.offset if affine else None,
+                   name="preprocess")
 
 
 @dataclass
@@ -64,12 +86,14 @@ def augmentation(spec: Augment, seed: int) -> keras.Sequential | None:
     return keras.Sequential(steps, name="augment") if steps else None
 
 
-def head_layers(spec: Head, num_classes: int) -> keras.Sequential:
-    """Pooling or flatten, optional hidden dense layers, dropout, and the output layer (float32)."""
+def head_layers(spec: Head, num_classes: int, tokens: bool = False) -> keras.Sequential:
+    """Pooling or flatten, optional hidden dense layers, dropout, and the output layer (float32); ``tokens``:
+    the base outputs a sequence (a KerasHub transformer), pooled over its tokens."""
     if spec.activation == "sigmoid" and num_classes != 2:
         raise TlkitError(f"head.activation=sigmoid needs exactly two classes; the data has {num_classes} "
                          "(use head.activation=softmax)")
-    pool = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D,
+    pool = {"avg": layers.GlobalAveragePooling1D if tokens else layers.GlobalAveragePooling2D,
+            "max": layers.GlobalMaxPooling1D if tokens else layers.GlobalMaxPooling2D,
             "flatten": layers.Flatten}[spec.pooling]
     steps = [pool(name="pool")]
     for i, units in enumerate(spec.hidden):
@@ -84,20 +108,20 @@ def head_layers(spec: Head, num_classes: int) -> keras.Sequential:
 def build_classifier(recipe: Recipe, num_classes: int, weights: ResolvedWeights) -> Classifier:
     """Build the whole model, seeded, with the resolved weights loaded into the base."""
     keras.utils.set_random_seed(recipe.seed)
-    backbone = BACKBONES[recipe.base]
+    backbone = recipe.backbone
     base = backbone.build(recipe.size, recipe.alpha)
-    load_into(base, weights)
+    load_into(base, weights, backbone)
     base.trainable = False
     augment = augmentation(recipe.augment, recipe.seed)
-    preprocess = Preprocess(backbone.preprocessing, name="preprocess")
-    head = head_layers(recipe.head, num_classes)
+    preprocess = Preprocess.for_base(backbone)
+    head = head_layers(recipe.head, num_classes, tokens=len(base.output.shape) == 3)
 
     inputs = keras.Input((recipe.size, recipe.size, 3), name="image")
     x = augment(inputs) if augment else inputs
     x = preprocess(x)
     x = base(x, training=False)  # as the Keras guide; BN inference mode is enforced by set_trainable
     outputs = head(x)
-    model = keras.Model(inputs, outputs, name=f"tlkit_{recipe.base}")
+    model = keras.Model(inputs, outputs, name=f"tlkit_{re.sub(r'[^A-Za-z0-9_]', '_', recipe.base)}")
     return Classifier(model, base, preprocess, augment, head)
 
 
@@ -106,12 +130,12 @@ def unfreeze_index(recipe: Recipe, base: keras.Model, stage: FineTune) -> int:
     names = [layer.name for layer in base.layers]
     if stage.unfreeze_from is not None:
         if stage.unfreeze_from not in names:
-            starts = [layers_[0] for _, layers_ in BACKBONES[recipe.base].blocks(base)]
+            starts = [layers_[0] for _, layers_ in recipe.backbone.blocks(base)]
             raise TlkitError(f"unfreeze_from={stage.unfreeze_from!r} is not a layer of {recipe.base}; "
                              f"block starts: {', '.join(starts)}")
         return names.index(stage.unfreeze_from)
     if stage.unfreeze_blocks is not None:
-        blocks = BACKBONES[recipe.base].blocks(base)
+        blocks = recipe.backbone.blocks(base)
         if stage.unfreeze_blocks > len(blocks):
             raise TlkitError(f"unfreeze_blocks={stage.unfreeze_blocks} but {recipe.base} has {len(blocks)} "
                              f"blocks: {', '.join(b for b, _ in blocks)}")
@@ -138,11 +162,18 @@ def cut_index(recipe: Recipe, base: keras.Model, stage) -> int:
 
 
 def set_trainable(classifier: Classifier, recipe: Recipe, stage) -> int:
-    """Freeze and unfreeze for a stage; return the index of the first trainable base layer."""
+    """Freeze and unfreeze for a stage; return the index of the first trainable base layer.
+
+    ``batchnorm="frozen"`` also freezes every normalisation layer of the base's record, nested ones included
+    (ConvNeXt's stem, KerasHub blocks): BatchNorm then runs in inference mode, so its moving statistics never
+    move, and LayerNorm, which has no statistics, keeps its scale and offset."""
     base = classifier.base
     cut = cut_index(recipe, base, stage)
+    norms = recipe.backbone.norm_layers() if recipe.batchnorm == "frozen" else ()
     base.trainable = cut < len(base.layers)
     for i, layer in enumerate(base.layers):
-        is_bn = isinstance(layer, layers.BatchNormalization)
-        layer.trainable = i >= cut and not (is_bn and recipe.batchnorm == "frozen")
+        layer.trainable = i >= cut  # propagates to the layers it contains
+        for inner in layer._flatten_layers():  # the layer itself and all it contains (Keras has no public walk)
+            if isinstance(inner, norms):
+                inner.trainable = False
     return cut

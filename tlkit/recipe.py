@@ -17,10 +17,22 @@ import pkgutil
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
-from tlkit.backbones import BACKBONES
+from tlkit.backbones import BACKBONES, Backbone
 from tlkit.errors import TlkitError
+
+
+def get_backbone(name: str) -> Backbone:
+    """The record of a base: built in, registered, or ``keras_hub:PRESET`` (a preset name or a local folder)."""
+    if name.startswith("keras_hub:"):
+        from tlkit.hub import hub_backbone
+        return hub_backbone(name.removeprefix("keras_hub:"))
+    if name not in BACKBONES:
+        raise TlkitError(f"unknown base {name!r}; valid choices: {', '.join(sorted(BACKBONES))}, or keras_hub:PRESET "
+                         "(a base registered with register_backbone is known once its module is imported)")
+    return BACKBONES[name]
 
 
 class _Spec(BaseModel):
@@ -134,13 +146,14 @@ class Recipe(_Spec):
     """A complete, declarative description of a transfer-learning run."""
 
     description: str
-    base: str
+    base: str  # a built-in base, one registered with register_backbone, or keras_hub:PRESET
     alpha: Optional[float] = None  # width multiplier of MobileNet bases
     image_size: Optional[int] = Field(None, ge=32)  # None: the base's default
-    weights: str = "imagenet"  # imagenet | none | auto | path to a weights file
+    weights: str = "imagenet"  # imagenet (the base's pretrained file) | none | auto | path to a weights file
     # frozen: every BatchNorm layer stays non-trainable, so Keras runs it in inference mode and its moving
     # statistics never move (Keras 3 ignores `base(x, training=False)` for trainable BN layers nested in a
-    # functional base). train: BN layers in unfrozen blocks train with batch statistics.
+    # functional base); LayerNorm (no statistics) keeps its scale and offset. train: BN layers in unfrozen blocks
+    # train with batch statistics, LayerNorm there trains its scale and offset.
     batchnorm: Literal["frozen", "train"] = "frozen"
     head: Head = Head()
     augment: Augment = Augment()
@@ -153,38 +166,52 @@ class Recipe(_Spec):
 
     @field_validator("base")
     @classmethod
-    def _known_base(cls, value):
-        if value not in BACKBONES:
-            raise ValueError(f"unknown base {value!r}; valid choices: {', '.join(sorted(BACKBONES))}")
+    def _known_base(cls, value, info: ValidationInfo):
+        if value.startswith("keras_hub:") or (info.context or {}).get("run_folder"):
+            return value  # a preset is read when the base is built; a run folder's recipe ran already
+        try:
+            get_backbone(value)
+        except TlkitError as error:
+            raise ValueError(str(error)) from None
         return value
 
     @field_validator("weights", mode="before")
     @classmethod
     def _weights_choice(cls, value):
         value = "none" if value is None else value  # as in Keras, weights=None means random init
-        if isinstance(value, str) and value not in ("imagenet", "none", "auto") and not value.endswith(".h5"):
-            raise ValueError("weights must be imagenet, none, auto or a path to a .h5 weights file; "
+        choices = ("imagenet", "none", "auto")
+        if isinstance(value, str) and value not in choices and not value.endswith((".h5", ".keras")):
+            raise ValueError("weights must be imagenet, none, auto or a path to a .h5 or .keras weights file; "
                              f"received: {value!r}")
         return value
 
     @model_validator(mode="after")
     def _base_options(self):
-        BACKBONES[self.base].check(self.alpha, self.image_size)
+        if self.base in BACKBONES:
+            BACKBONES[self.base].check(self.alpha, self.image_size)
+        elif self.base.startswith("keras_hub:") and self.alpha is not None:
+            raise ValueError(f"base {self.base} takes no alpha; received: alpha={self.alpha}")
         if not self.stages:
             raise ValueError("a recipe needs at least one stage")
         return self
 
     @property
+    def backbone(self) -> Backbone:
+        """The base's record."""
+        return get_backbone(self.base)
+
+    @property
     def size(self) -> int:
         """The image side length actually used."""
-        return self.image_size or BACKBONES[self.base].default_size
+        return self.image_size or self.backbone.default_size
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "Recipe":
-        return cls.model_validate_json(text)
+    def from_json(cls, text: str, run_folder: bool = False) -> "Recipe":
+        """``run_folder``: a finished run's recipe, valid even where its registered base is not registered."""
+        return cls.model_validate_json(text, context={"run_folder": run_folder})
 
 
 def _bundled_names() -> list[str]:

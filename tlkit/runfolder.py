@@ -47,7 +47,7 @@ class RunFolder:
         return folder
 
     def recipe(self) -> Recipe:
-        return Recipe.from_json(self.recipe_file.read_text())
+        return Recipe.from_json(self.recipe_file.read_text(), run_folder=True)
 
     def class_names(self) -> list[str]:
         return json.loads(self.classes_file.read_text())
@@ -56,6 +56,9 @@ class RunFolder:
         """The trained Keras model, uncompiled (what predictions and exports need)."""
         import keras
         import tlkit.model  # noqa: F401  registers tlkit's preprocessing layer
+        if self.recipe().base.startswith("keras_hub:"):
+            from tlkit.hub import require_keras_hub
+            require_keras_hub()  # registers KerasHub's layers
         return keras.saving.load_model(self.model_file, compile=False)
 
     def split_pixels(self, split: str, size: int, what: str, count: int | None = None, seed: int = 0) -> np.ndarray:

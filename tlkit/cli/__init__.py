@@ -5,6 +5,7 @@ import sys
 
 import click
 
+from tlkit.cli.bases import bases_command
 from tlkit.cli.cache import cache
 from tlkit.cli.data import data
 from tlkit.cli.evaluate import evaluate_command
@@ -33,12 +34,12 @@ class _Group(click.Group):
 def cli(ctx, verbose):
     """Transfer learning for image folders: pick a recipe, point it at your images, get a served model."""
     setup_logging(verbose)
-    if ctx.invoked_subcommand not in (None, "recipes"):
+    if ctx.invoked_subcommand not in (None, "recipes", "bases"):
         start_tensorflow(verbose)
 
 
-for _command in (recipes_command, run_command, export_command, predict_command, data, evaluate_command,
-                 lr_find_command, cache):
+for _command in (recipes_command, bases_command, run_command, export_command, predict_command, data,
+                 evaluate_command, lr_find_command, cache):
     cli.add_command(_command)
 
 

@@ -5,6 +5,7 @@ import logging
 
 import numpy as np
 
+from tlkit.backbones import BACKBONES
 from tlkit.runfolder import RunFolder
 from tlkit.serving.layout import Export
 from tlkit.serving.predictors import BATCH, load_predictor
@@ -22,8 +23,14 @@ def agreement(reference: np.ndarray, probs: np.ndarray) -> dict:
 
 
 def check_exports(folder: RunFolder, exports: list[Export], model) -> None:
-    """Fill each export's ``check`` with its agreement with the Keras model on the validation split."""
-    pixels = folder.split_pixels("val", folder.recipe().size, "check")
+    """Fill each export's ``check`` with its agreement with the Keras model on the validation split; warn where
+    the base's record advises against full-integer int8."""
+    recipe = folder.recipe()
+    backbone = BACKBONES.get(recipe.base)
+    if backbone and backbone.int8 and any("int8" in export.files for export in exports):
+        log.warning("int8 is not advised for base %s: %s; serve the float16 or dynamic variant", recipe.base,
+                    backbone.int8)
+    pixels = folder.split_pixels("val", recipe.size, "check")
     reference = np.asarray(probabilities(model.predict(pixels.astype(np.float32), batch_size=BATCH, verbose=0)))
     for export in exports:
         for variant, entry in export.files.items():

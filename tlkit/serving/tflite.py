@@ -206,8 +206,8 @@ def _rounding_shift(layer, mean: np.ndarray) -> np.ndarray:
     outputs = 2 if depthwise else 1  # trailing axes that index output channels
     scale = np.abs(kernel).max(tuple(range(kernel.ndim - outputs)), keepdims=True) / 127
     error = (np.round(kernel / np.maximum(scale, np.finfo(np.float32).tiny)) * scale - kernel).astype(np.float32)
-    if isinstance(layer, keras.layers.Dense):
-        return mean @ error
+    if isinstance(layer, keras.layers.Dense):  # on vectors, or on feature maps (ConvNeXt's pointwise layers)
+        return (mean @ error).reshape(-1, error.shape[-1]).mean(0)
     conv = keras.ops.depthwise_conv if depthwise else keras.ops.conv
     shifted = conv(mean[None].astype(np.float32), error, layer.strides, layer.padding, layer.data_format,
                    layer.dilation_rate)  # the convolution is linear: its error on the mean input, borders included

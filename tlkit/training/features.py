@@ -43,8 +43,11 @@ def feature_fingerprint(recipe: Recipe, weights: ResolvedWeights, data: ImageDat
 # === Where to cut ===
 
 def frontier(base: keras.Model, cut: int) -> list:
-    """The tensors made by frozen layers (``base.layers[:cut]``) that trainable layers or the output use."""
-    index = {id(layer): i for i, layer in enumerate(base.layers)}
+    """The tensors made by frozen layers (``base.layers[:cut]``) that trainable layers or the output use. Plain
+    operations between layers (ConvNeXt's residual additions) count on the side of the cut where they run."""
+    operations = base.operations  # the layers and those operations, in the order they run
+    start = operations.index(base.layers[cut]) if cut < len(base.layers) else len(operations)
+    index = {id(op): i for i, op in enumerate(operations)}
     found, seen = [], set()
 
     def add(tensor):
@@ -52,13 +55,13 @@ def frontier(base: keras.Model, cut: int) -> list:
             seen.add(id(tensor))
             found.append(tensor)
 
-    for layer in base.layers[cut:]:
-        for node in layer._inbound_nodes[:1]:
+    for op in operations[start:]:
+        for node in op._inbound_nodes[:1]:
             for tensor in node.input_tensors:
-                if index.get(id(tensor._keras_history.operation), cut) < cut:
+                if index.get(id(tensor._keras_history.operation), start) < start:
                     add(tensor)
     for tensor in base.outputs:
-        if index[id(tensor._keras_history.operation)] < cut:
+        if index[id(tensor._keras_history.operation)] < start:
             add(tensor)
     return found
 
