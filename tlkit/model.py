@@ -9,7 +9,7 @@ from keras import layers, ops
 
 from tlkit.backbones import BACKBONES
 from tlkit.errors import TlkitError
-from tlkit.recipe import Augment, FeatureExtraction, FineTune, Head, Recipe
+from tlkit.recipe import Augment, FeatureExtraction, FineTune, FromScratch, Head, Recipe
 from tlkit.weights import ResolvedWeights, load_into
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -131,18 +131,26 @@ def inference(model: keras.Model):
 
 
 def cut_index(recipe: Recipe, base: keras.Model, stage) -> int:
-    """Index in ``base.layers`` of the first layer a stage trains (``len(base.layers)``: none)."""
+    """Index in ``base.layers`` of the first layer a stage trains (``len(base.layers)``: none; 0: all)."""
     if isinstance(stage, FeatureExtraction):
         return len(base.layers)
+    if isinstance(stage, FromScratch):
+        return 0
     return unfreeze_index(recipe, base, stage)
 
 
+SCRATCH_BN_MOMENTUM = 0.9  # from scratch, moving statistics must catch up within a short run (Keras: 0.99)
+
+
 def set_trainable(classifier: Classifier, recipe: Recipe, stage) -> int:
-    """Freeze and unfreeze for a stage; return the index of the first trainable base layer."""
+    """Freeze and unfreeze for a stage; return the index of the first trainable base layer. A FromScratch
+    stage trains every layer, and BatchNorm's moving statistics follow the batches faster."""
     base = classifier.base
     cut = cut_index(recipe, base, stage)
     base.trainable = cut < len(base.layers)
     for i, layer in enumerate(base.layers):
         is_bn = isinstance(layer, layers.BatchNormalization)
         layer.trainable = i >= cut and not (is_bn and recipe.batchnorm == "frozen")
+        if is_bn and isinstance(stage, FromScratch):
+            layer.momentum = SCRATCH_BN_MOMENTUM
     return cut
