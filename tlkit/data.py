@@ -87,7 +87,8 @@ def split_of(relative_path: str, val_fraction: float, test_fraction: float) -> s
     Adding or removing other files never moves a file to another split (TF Hub's retrain.py scheme), and
     each class is split by the same fractions (stratified).
     """
-    bucket = int(hashlib.sha1(relative_path.encode("utf-8")).hexdigest()[:8], 16) / 16**8
+    name = relative_path.encode("utf-8", "surrogateescape")  # a file name that is not UTF-8 hashes by its bytes
+    bucket = int(hashlib.sha1(name).hexdigest()[:8], 16) / 16**8
     if bucket < val_fraction:
         return "val"
     if bucket < val_fraction + test_fraction:

@@ -25,7 +25,7 @@ from tlkit.backbones import BACKBONES
 from tlkit.errors import TlkitError
 
 
-SCRATCH_EPOCHS_PER_STAGE = 1  # see from_scratch()
+SCRATCH_EPOCH_FACTOR = 2  # from scratch: this many times the epochs of the stages (see from_scratch())
 
 
 class _Spec(BaseModel):
@@ -220,13 +220,13 @@ def is_from_scratch(recipe: Recipe) -> bool:
 
 
 def from_scratch(recipe: Recipe) -> Recipe:
-    """``recipe`` as a network without pretrained weights must train: every layer from the first step, so
-    its stages become one :class:`FromScratch` stage of SCRATCH_EPOCHS_PER_STAGE x as many epochs as they add
-    up to (a random network learns far slower than a pretrained one adapts), Adam at 1e-3 on a cosine
-    schedule, early stopping off (validation loss of a young network is noisy), BatchNorm with batch
-    statistics; weights become "none" (recipe.json records what ran)."""
-    epochs = SCRATCH_EPOCHS_PER_STAGE * sum(stage.epochs for stage in recipe.stages)
-    stage = FromScratch(epochs=epochs, learning_rate=2e-3, patience=None, schedule="cosine")
+    """``recipe`` as a network without pretrained weights must train: every layer from the first step, so its
+    stages become one :class:`FromScratch` stage of twice as many epochs as they add up to (a random network
+    learns far slower than a pretrained one adapts), Adam at 2e-3, early stopping off (the validation loss of a
+    young network is noisy; the best epoch is still the one kept), BatchNorm with batch statistics; weights
+    become "none" (recipe.json records what ran)."""
+    epochs = SCRATCH_EPOCH_FACTOR * sum(stage.epochs for stage in recipe.stages)
+    stage = FromScratch(epochs=epochs, learning_rate=2e-3, patience=None)
     tree = {**recipe.model_dump(), "weights": "none", "batchnorm": "train", "stages": [stage.model_dump()]}
     return Recipe.model_validate(tree)
 

@@ -142,6 +142,7 @@ def _number(value) -> float:
 
 
 def _short(text: str, width: int = 18) -> str:
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # a name that is not UTF-8
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
