@@ -19,10 +19,10 @@ from tlkit.data import ImageData
 from tlkit.errors import RunInterrupted, TlkitError
 from tlkit.evaluation.evaluate import default_split, evaluate_split
 from tlkit.evaluation.report import write_report
+from tlkit.overrides import differences
 from tlkit.recipe import Recipe, is_from_scratch
 from tlkit.runfolder import RunFolder
 from tlkit.serving.export import export_run
-from tlkit.overrides import differences
 from tlkit.session import Session, for_weights, prepare, with_data
 from tlkit.storage import write_json_atomic
 from tlkit.training.checkpoint import Checkpoints

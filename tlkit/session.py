@@ -110,7 +110,7 @@ def prepare(recipe: Recipe, data: str | Path | None = None, *, weights: Resolved
 
 
 def check_memory(recipe: Recipe, classifier: Classifier) -> None:
-    """Fail before any data work when a stage cannot fit in the memory available. A step that trains layers
+    """Fail before decoding any image when a stage cannot fit in the memory available. A step that trains layers
     keeps their outputs (float32) for the backward pass: the whole base's for a batch when every step runs it,
     else those above the cut; computing cached features runs the frozen part forward, about two layers'
     outputs at a time for a feature batch."""

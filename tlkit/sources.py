@@ -114,7 +114,8 @@ def scan_folder(root: Path, walker: Walker) -> tuple[list[str], list[tuple[Path,
         raise TlkitError(f"{root} needs at least two class sub-folders; found {len(class_dirs)} "
                          "(lay images out as DATA/CLASS_NAME/IMAGE)")
     files = [(path, label) for label, d in enumerate(class_dirs) for path in walker.files(d)]
-    empty = [d for i, d in enumerate(class_dirs) if not any(label == i for _, label in files)]
+    present = {label for _, label in files}
+    empty = [d for i, d in enumerate(class_dirs) if i not in present]
     if empty:
         problems = [f"{p}: {r}" for p, r in walker.skipped if p.parent in empty][:3]
         raise TlkitError(f"class folder(s) without images in {root}: {', '.join(d.name for d in empty)} "

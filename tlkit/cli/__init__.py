@@ -32,6 +32,8 @@ class _Group(click.Group):
             if ctx.params.get("verbose"):
                 raise
             _fail(_system_error(error), 2)
+        except KeyboardInterrupt:  # outside training (which saves and says how to resume): nothing to keep
+            _fail("interrupted (Ctrl-C)", 130)
 
 
 def _fail(message: str, code: int):
