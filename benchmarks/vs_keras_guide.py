@@ -58,8 +58,8 @@ def run_baseline(args):
 def run_tlkit(args, work: Path):
     run_dir = work / f"tlkit-{time.time_ns()}"
     sets = ["alpha=0.35", "augment.flip=horizontal", "head.dropout=0.2",
-            "data.val_fraction=0.2", "batch_size=32", "stages.0.learning_rate=1e-3", "stages.1.learning_rate=1e-5",
-            "stages.1.unfreeze_from=block_13_project_BN", "stages.0.patience=null", "stages.1.patience=null"]
+            "data.val_fraction=0.2", "batch_size=32", "stage1.learning_rate=1e-3", "stage2.learning_rate=1e-5",
+            "stage2.unfreeze_from=block_13_project_BN", "stage1.patience=null", "stage2.patience=null"]
     command = [sys.executable, "-m", "tlkit.cli", "run", "mobilenet_v2", "--data", args.data, "--out", str(run_dir),
                "--image-size", str(args.size), "--epochs", f"{args.head_epochs},{args.finetune_epochs}",
                "--weights-dir", str(args.weights_dir),

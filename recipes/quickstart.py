@@ -11,8 +11,8 @@ recipe = Recipe(
     augment=Augment(flip="horizontal"),
     data=Data(path=str(files("tlkit.sample_data") / "shapes"), val_fraction=0.25),  # installed with tlkit
     stages=(
-        FeatureExtraction(epochs=8, learning_rate=1e-3),
-        FineTune(epochs=4, learning_rate=1e-4, unfreeze_blocks=3),
+        FeatureExtraction(epochs=5, learning_rate=1e-3),
+        FineTune(epochs=3, learning_rate=1e-4, unfreeze_blocks=3),  # without weights: 16 epochs from scratch
     ),
     batch_size=16,
 )

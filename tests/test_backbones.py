@@ -57,8 +57,8 @@ def test_one_fine_tuning_step_changes_only_unfrozen_layers(base, size, alpha, bl
 
 def test_unknown_unfreeze_layer_lists_block_starts():
     from tlkit import TlkitError
-    recipe = override(load_recipe("quickstart"), ["image_size=32", "stages.1.unfreeze_blocks=null",
-                                                  "stages.1.unfreeze_from=block_99_expand"])
+    recipe = override(load_recipe("quickstart"), ["image_size=32", "stage2.unfreeze_blocks=null",
+                                                  "stage2.unfreeze_from=block_99_expand"])
     classifier = build_classifier(recipe, 3, RANDOM)
     with pytest.raises(TlkitError, match="not a layer of mobilenet_v2; block starts: Conv1, expanded_conv"):
         set_trainable(classifier, recipe, recipe.stages[1])

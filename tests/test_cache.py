@@ -11,7 +11,7 @@ from tlkit import load_recipe, override, run
 def _recipe(*sets):
     return override(load_recipe("quickstart"), [
         "weights=imagenet", "image_size=96", "augment.flip=none", "head.dropout=0", "batch_size=16",
-        "stages.0.epochs=2", "stages.1.epochs=2", "stages.1.learning_rate=1e-4", "stages.1.unfreeze_blocks=3",
+        "stage1.epochs=2", "stage2.epochs=2", "stage2.learning_rate=1e-4", "stage2.unfreeze_blocks=3",
         *sets])
 
 
@@ -54,14 +54,14 @@ def test_cache_is_reused_only_when_nothing_changed(cached_run, flowers_small, we
                 cache_dir=cache_dir)
     events = json.loads((again.folder / "run.json").read_text())["cache"]
     assert [e["event"] for e in events] == ["reused"] * 4
-    moved = run(_recipe("stages.1.unfreeze_blocks=2", "stages.0.epochs=1", "stages.1.epochs=1"),
+    moved = run(_recipe("stage2.unfreeze_blocks=2", "stage1.epochs=1", "stage2.epochs=1"),
                 tmp_path / "moved", data=str(flowers_small), weights_dir=str(weights_dir), cache_dir=cache_dir)
     events = json.loads((moved.folder / "run.json").read_text())["cache"]
     assert [e["event"] for e in events] == ["computed", "computed", "reused", "reused"]  # new cut, same top
 
 
 def test_features_stream_from_disk_beyond_the_memory_budget(flowers_small, weights_dir, tmp_path):
-    result = run(_recipe("stages.0.epochs=1", "stages.1.epochs=1"), tmp_path / "disk", data=str(flowers_small),
+    result = run(_recipe("stage1.epochs=1", "stage2.epochs=1"), tmp_path / "disk", data=str(flowers_small),
                  weights_dir=str(weights_dir), cache_dir=str(tmp_path / "c"), cache_memory=0.0)
     events = json.loads((result.folder / "run.json").read_text())["cache"]
     assert {e["where"] for e in events} == {"disk (memory-mapped)"}
@@ -104,7 +104,7 @@ def test_each_flip_replica_holds_the_base_output_of_that_flip_at_every_cut(flowe
     from tlkit.session import prepare
     from tlkit.training.features import frontier
 
-    recipe = _recipe("augment.flip=horizontal", "stages.1.unfreeze_blocks=2")
+    recipe = _recipe("augment.flip=horizontal", "stage2.unfreeze_blocks=2")
     session = prepare(recipe, flowers_small, weights_dir=str(weights_dir), cache_dir=tmp_path)
     classifier, data = session.classifier, session.data
     trainer = session.trainer()

@@ -296,7 +296,7 @@ def test_decoded_images_are_cached_and_memory_mapped_over_budget(tmp_path, shape
 def test_run_folder_records_split_skipped_and_class_weights(bad_folder, tmp_path, weights_dir):
     from tlkit.runner import run
     recipe = override(load_recipe("quickstart"), [
-        "image_size=32", "stages.0.epochs=1", "stages.1.epochs=0", "data.class_weight=auto",
+        "image_size=32", "stage1.epochs=1", "stage2.epochs=0", "data.class_weight=auto",
         "data.val_fraction=0.3", "data.min_per_class=10"])
     result = run(recipe, tmp_path / "run", data=str(bad_folder), weights_dir=str(weights_dir), export=False)
     folder = RunFolder(result.folder)
@@ -358,7 +358,7 @@ def test_class_weights_reach_training(shapes, tmp_path, weights_dir):
     """Weighting one class 1000x over the others makes the trained model predict it almost everywhere."""
     from tlkit.runner import run
     recipe = override(load_recipe("quickstart"), [
-        "image_size=32", "stages.0.epochs=3", "stages.0.learning_rate=0.01", "stages.1.epochs=0",
+        "image_size=32", "stage1.epochs=3", "stage1.learning_rate=0.01", "stage2.epochs=0",
         'data.class_weight={"circle": 1, "square": 0.001, "triangle": 0.001}'])
     result = run(recipe, tmp_path / "run", data=str(shapes), weights_dir=str(weights_dir), export=False)
     folder = RunFolder(result.folder)

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from tlkit.cli import cli
 
-QUICK = ["--image-size", "64", "--set", "stages.0.epochs=6", "--set", "stages.1.epochs=4"]
+QUICK = ["--image-size", "64", "--set", "stage1.epochs=6", "--set", "stage2.epochs=4"]
 
 
 def tlkit(args, env=None, **kwargs):
@@ -104,7 +104,7 @@ def _wait_for(run_dir: Path, condition, process, timeout=300):
 
 def test_killed_in_each_stage_resumes_to_the_uninterrupted_result(flowers_small, weights_dir, tmp_path):
     args = ["run", "quickstart", "--data", flowers_small, "--weights-dir", weights_dir, *QUICK,
-            "--set", "stages.0.patience=null", "--set", "stages.1.patience=null"]
+            "--set", "stage1.patience=null", "--set", "stage2.patience=null"]
     reference = tmp_path / "reference"
     finish(tlkit([*args, "--out", reference]))
 
@@ -137,7 +137,7 @@ def test_killed_in_each_stage_resumes_to_the_uninterrupted_result(flowers_small,
 def test_ctrl_c_saves_and_prints_the_resume_command(flowers_small, weights_dir, tmp_path):
     run_dir = tmp_path / "run"
     process = tlkit(["run", "quickstart", "--data", flowers_small, "--weights-dir", weights_dir, "--out", run_dir,
-                     "--image-size", "64", "--set", "stages.0.epochs=200", "--set", "stages.0.patience=null"])
+                     "--image-size", "64", "--set", "stage1.epochs=200", "--set", "stage1.patience=null"])
     _wait_for(run_dir, lambda s: s["global_epoch"] >= 1, process)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)

@@ -20,7 +20,7 @@ from tlkit.runfolder import RunFolder
 @pytest.fixture(scope="session")
 def tiny_run(flowers_small, weights_dir, tmp_path_factory):
     """A real two-stage run: MobileNetV2 0.35 with ImageNet weights, 96 px, 40 flowers per class."""
-    recipe = override(load_recipe("quickstart"), ["image_size=96", "stages.0.epochs=10", "stages.1.epochs=2"])
+    recipe = override(load_recipe("quickstart"), ["image_size=96", "stage1.epochs=10", "stage2.epochs=2"])
     out = tmp_path_factory.mktemp("evaluate") / "run"
     run(recipe, out, data=str(flowers_small), weights_dir=str(weights_dir),
         cache_dir=str(tmp_path_factory.mktemp("cache")))

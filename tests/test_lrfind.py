@@ -59,7 +59,7 @@ def test_lr_find_on_real_photos_suggests_a_swept_rate_and_plots_it(flowers_small
 
 def test_fine_tune_sweep_without_cache_trains_earlier_stages_and_restores_the_model(flowers_small, weights_dir):
     recipe = override(load_recipe("quickstart"), ["weights=imagenet", "image_size=64", "cache=false",
-                                                  "stages.0.epochs=1"])
+                                                  "stage1.epochs=1"])
     session = prepare(recipe, flowers_small, weights_dir=str(weights_dir), cache_memory=0.0)
     classifier = session.classifier
     base_before = [w.copy() for w in classifier.base.get_weights()]
@@ -79,7 +79,7 @@ def test_bad_sweep_options_are_one_line_errors(flowers_small):
                           (["--start", "1", "--end", "0.1"], "needs 0 < --start < --end"),
                           (["--steps", "5"], "at least 10")]:
         result = CliRunner().invoke(cli, ["lr-find", "quickstart", "--data", str(flowers_small),
-                                          "--weights", "none", *args])
+                                          "--weights", "none", "--set", "random_init=as_recipe", *args])
         assert result.exit_code == 2 and message in result.output, result.output
         assert result.output.count("\n") == 1
 
@@ -87,7 +87,7 @@ def test_bad_sweep_options_are_one_line_errors(flowers_small):
 def test_sweep_trains_the_loss_run_trains_class_weights_included(shapes):
     """lr-find steps through the run's own training step: weighting a class changes the swept loss exactly as
     it changes the loss `tlkit run` minimises (the weighted mean over the batch)."""
-    sets = ["weights=none", "image_size=32", "augment.flip=none", "head.dropout=0"]
+    sets = ["weights=none", "random_init=as_recipe", "image_size=32", "augment.flip=none", "head.dropout=0"]
     plain = prepare(override(load_recipe("quickstart"), sets), shapes, cache_memory=0.0)
     weighted = prepare(override(load_recipe("quickstart"), [*sets, 'data.class_weight={"circle": 9}']), shapes,
                        cache_memory=0.0)

@@ -41,8 +41,8 @@ def test_schedules_give_the_expected_rate_at_chosen_steps(stage, expected):
 
 def test_recipe_accepts_controls_by_set_and_rejects_contradictions():
     recipe = override(load_recipe("quickstart"), [
-        "stages.1.schedule=cosine", "stages.1.warmup_epochs=1", "stages.1.optimizer=sgd",
-        "stages.1.weight_decay=1e-4", "stages.1.label_smoothing=0.1", "stages.1.base_learning_rate_ratio=0.1"])
+        "stage2.schedule=cosine", "stage2.warmup_epochs=1", "stage2.optimizer=sgd",
+        "stage2.weight_decay=1e-4", "stage2.label_smoothing=0.1", "stage2.base_learning_rate_ratio=0.1"])
     stage = recipe.stages[1]
     assert (stage.schedule, stage.warmup_epochs, stage.optimizer) == ("cosine", 1.0, "sgd")
     assert (stage.weight_decay, stage.label_smoothing, stage.base_learning_rate_ratio) == (1e-4, 0.1, 0.1)
@@ -54,12 +54,12 @@ def test_recipe_accepts_controls_by_set_and_rejects_contradictions():
     assert default.schedule == "constant" and make_optimizer(default, 10).weight_decay is None
     assert make_optimizer(default.model_copy(update={"optimizer": "adamw"}), 10).weight_decay == 0.004
     for sets, message in [
-        (["stages.0.schedule=linear"], "'constant', 'plateau', 'cosine' or 'step'"),
-        (["stages.0.warmup_epochs=1"], "warmup_epochs applies to schedule=cosine"),
-        (["stages.0.schedule=plateau", "stages.0.plateau_patience=3"], "must be below patience"),
-        (["stages.0.base_learning_rate_ratio=0.1"], "unknown recipe key"),
-        (["stages.1.base_learning_rate_ratio=2"], "less than or equal to 1"),
-        (["stages.1.label_smoothing=1"], "less than 1"),
+        (["stage1.schedule=linear"], "'constant', 'plateau', 'cosine' or 'step'"),
+        (["stage1.warmup_epochs=1"], "warmup_epochs applies to schedule=cosine"),
+        (["stage1.schedule=plateau", "stage1.plateau_patience=3"], "must be below patience"),
+        (["stage1.base_learning_rate_ratio=0.1"], "unknown recipe key"),
+        (["stage2.base_learning_rate_ratio=2"], "less than or equal to 1"),
+        (["stage2.label_smoothing=1"], "less than 1"),
     ]:
         with pytest.raises(TlkitError, match=message) as error:
             override(load_recipe("quickstart"), sets)
@@ -157,11 +157,11 @@ def test_reduce_on_plateau_lowers_the_rate_read_back_from_the_optimizer():
 
 # === Real runs: history, TensorBoard, parameter summaries, same seed same history ===
 
-CONTROLS = ["weights=imagenet", "image_size=64", "stages.0.epochs=4", "stages.0.schedule=cosine",
-            "stages.0.warmup_epochs=1", "stages.1.epochs=6", "stages.1.learning_rate=1e-3",
-            "stages.1.schedule=plateau", "stages.1.plateau_patience=1", "stages.1.patience=none",
-            "stages.1.optimizer=adamw", "stages.1.weight_decay=1e-4", "stages.1.label_smoothing=0.1",
-            "stages.1.base_learning_rate_ratio=0.1"]
+CONTROLS = ["weights=imagenet", "image_size=64", "stage1.epochs=4", "stage1.schedule=cosine",
+            "stage1.warmup_epochs=1", "stage2.epochs=6", "stage2.learning_rate=1e-3",
+            "stage2.schedule=plateau", "stage2.plateau_patience=1", "stage2.patience=none",
+            "stage2.optimizer=adamw", "stage2.weight_decay=1e-4", "stage2.label_smoothing=0.1",
+            "stage2.base_learning_rate_ratio=0.1"]
 
 
 def _run(out, flowers, weights_dir, cache_dir, *sets):

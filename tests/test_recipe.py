@@ -31,8 +31,8 @@ def test_cli_lists_every_bundled_recipe_with_its_description():
 
 def test_override_parses_types_and_nested_keys():
     recipe = override(load_recipe("quickstart"), [
-        "head.dropout=0.5", "stages.1.learning_rate=3e-5", "head.hidden=64,32", "cache=false",
-        "augment.flip=none", "stages.1.unfreeze_blocks=2"])
+        "head.dropout=0.5", "stage2.learning_rate=3e-5", "head.hidden=64,32", "cache=false",
+        "augment.flip=none", "stage2.unfreeze_blocks=2"])
     assert recipe.head.dropout == 0.5
     assert recipe.stages[1].learning_rate == 3e-5
     assert recipe.head.hidden == (64, 32)
@@ -59,7 +59,7 @@ def test_bad_value_names_the_valid_choices():
     with pytest.raises(TlkitError, match="alpha in"):
         override(load_recipe("quickstart"), ["alpha=0.3"])
     with pytest.raises(TlkitError, match="greater than 0"):
-        override(load_recipe("quickstart"), ["stages.0.learning_rate=-1"])
+        override(load_recipe("quickstart"), ["stage1.learning_rate=-1"])
 
 
 def test_fine_tune_needs_exactly_one_unfreeze_rule():
@@ -72,7 +72,7 @@ def test_fine_tune_needs_exactly_one_unfreeze_rule():
 def test_recipe_round_trips_through_json():
     recipe = load_recipe("vgg16_features")
     assert Recipe.from_json(recipe.to_json()) == recipe
-    assert "stages.1.unfreeze_from" in valid_keys(recipe)
+    assert "stage2.unfreeze_from" in valid_keys(recipe)
 
 
 def test_recipe_from_a_file_path(tmp_path):

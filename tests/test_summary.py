@@ -20,8 +20,8 @@ def _keras_counts(model) -> dict:
 
 
 @pytest.mark.parametrize("base,alpha,sets", [
-    ("mobilenet_v2", 0.35, ["stages.1.unfreeze_blocks=3"]),
-    ("mobilenet", 0.25, ["stages.1.unfreeze_blocks=2", "batchnorm=train"]),
+    ("mobilenet_v2", 0.35, ["stage2.unfreeze_blocks=3"]),
+    ("mobilenet", 0.25, ["stage2.unfreeze_blocks=2", "batchnorm=train"]),
 ])
 def test_summary_matches_keras_counts_in_both_stages(base, alpha, sets, weights_dir):
     recipe = override(load_recipe("quickstart"), [f"base={base}", f"alpha={alpha}", "image_size=64",

@@ -14,16 +14,16 @@ from tlkit.training.distribute import place
 
 
 def _recipe(*sets):
-    return override(load_recipe("quickstart"), ["image_size=128", "stages.0.epochs=10", "stages.1.epochs=2",
-                                                "stages.1.learning_rate=1e-4", *sets])
+    return override(load_recipe("quickstart"), ["image_size=128", "stage1.epochs=10", "stage2.epochs=2",
+                                                "stage2.learning_rate=1e-4", *sets])
 
 
 def _weights(model):
     return {w.path: w.numpy() for w in model.weights}
 
 
-@pytest.mark.parametrize("base,alpha,unfreeze", [("mobilenet_v2", 0.35, "stages.1.unfreeze_blocks=3"),
-                                                 ("mobilenet", 0.25, "stages.1.unfreeze_blocks=2")])
+@pytest.mark.parametrize("base,alpha,unfreeze", [("mobilenet_v2", 0.35, "stage2.unfreeze_blocks=3"),
+                                                 ("mobilenet", 0.25, "stage2.unfreeze_blocks=2")])
 def test_stages_move_only_what_they_unfreeze(base, alpha, unfreeze, flowers_small, weights_dir, tmp_path,
                                              monkeypatch):
     monkeypatch.setenv("TLKIT_WEIGHTS_DIR", str(weights_dir))
@@ -32,11 +32,11 @@ def test_stages_move_only_what_they_unfreeze(base, alpha, unfreeze, flowers_smal
     base_model = session.classifier.base
     start = _weights(base_model)
 
-    session.trainer(override(recipe, ["stages.1.epochs=0"])).run()
+    session.trainer(override(recipe, ["stage2.epochs=0"])).run()
     after_one = _weights(base_model)
     assert all(np.array_equal(start[k], after_one[k]) for k in start), "stage 1 changed the frozen base"
 
-    session.trainer(override(recipe, ["stages.0.epochs=0"])).run()
+    session.trainer(override(recipe, ["stage1.epochs=0"])).run()
     after_two = _weights(base_model)
     cut = cut_index(recipe, base_model, recipe.stages[1])
     frozen = {w.path for layer in base_model.layers[:cut] for w in layer.weights}
@@ -59,7 +59,7 @@ def pretrained_run(flowers_small, weights_dir, tmp_path_factory):
 
 
 def test_pretrained_beats_random_init_by_15_points(pretrained_run, flowers_small, tmp_path):
-    scratch = run(_recipe("weights=none"), tmp_path / "scratch", data=str(flowers_small))
+    scratch = run(_recipe("weights=none", "random_init=as_recipe"), tmp_path / "scratch", data=str(flowers_small))
     pretrained, random_init = pretrained_run.metrics["val"]["accuracy"], scratch.metrics["val"]["accuracy"]
     print(f"pretrained {pretrained:.3f} vs random init {random_init:.3f}")
     assert pretrained >= random_init + 0.15

@@ -14,6 +14,9 @@ __all__ = ["Augment", "Data", "FeatureExtraction", "FineTune", "Head", "Recipe",
 
 
 def run(recipe, out, **options):
-    """Train a recipe and write its run folder; see :func:`tlkit.runner.run` for the options."""
+    """Train a recipe and write its run folder; see :func:`tlkit.runner.run` for the options. Progress is logged
+    as the CLI shows it (unless the program set up logging), without TensorFlow's start-up lines."""
+    from tlkit.ui import start_tensorflow
+    start_tensorflow()
     from tlkit.runner import run as _run
     return _run(recipe, out, **options)

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from tlkit.errors import TlkitError
-from tlkit.images import DECODER_VERSION, decode_stream
+from tlkit.images import DECODER_VERSION, decode_failure, decode_stream
 from tlkit.recipe import Data
 from tlkit.sources import Item, Listing, list_source
-from tlkit.storage import ArrayStore
+from tlkit.storage import ArrayStore, free_disk, memory_budget
 from tlkit.ui import progress
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,8 @@ def split_of(relative_path: str, val_fraction: float, test_fraction: float) -> s
     Adding or removing other files never moves a file to another split (TF Hub's retrain.py scheme), and
     each class is split by the same fractions (stratified).
     """
-    bucket = int(hashlib.sha1(relative_path.encode("utf-8")).hexdigest()[:8], 16) / 16**8
+    name = relative_path.encode("utf-8", "surrogateescape")  # a file name that is not UTF-8 hashes by its bytes
+    bucket = int(hashlib.sha1(name).hexdigest()[:8], 16) / 16**8
     if bucket < val_fraction:
         return "val"
     if bucket < val_fraction + test_fraction:
@@ -112,15 +113,18 @@ def _in_order(by_split: dict[str, list[Item]]) -> list[Item]:
     return [item for name in SPLITS for item in by_split[name]]
 
 
-def _decode_into(out: np.ndarray, listing: Listing, by_split: dict[str, list[Item]], size: int) -> dict[int, str]:
+def _decode_into(out: np.ndarray, listing: Listing, by_split: dict[str, list[Item]], size: int,
+                 failed: dict[int, str]) -> dict[int, str]:
     """Decode every item into ``out``: each split's images in order from the first row of its region
-    (regions follow SPLITS, one row per item); return the reason for each failed position."""
+    (regions follow SPLITS, one row per item); return the reason for each failed position, starting with
+    those already ``failed``."""
     order = _in_order(by_split)
     region = np.repeat(np.arange(len(SPLITS)), [len(by_split[name]) for name in SPLITS])
     next_row = np.cumsum([0] + [len(by_split[name]) for name in SPLITS[:-1]])
-    failures = {}
-    with progress(total=len(order), desc="decode", unit="img") as bar:
-        for position, pixels, reason in decode_stream(listing.payloads([item.origin for item in order]), size):
+    failures = dict(failed)
+    payloads = ((p, x) for p, x in listing.payloads([item.origin for item in order]) if p not in failed)
+    with progress(total=len(order) - len(failed), desc="decode", unit="img") as bar:
+        for position, pixels, reason in decode_stream(payloads, size):
             bar.update(1)
             if reason:
                 failures[position] = reason
@@ -131,18 +135,18 @@ def _decode_into(out: np.ndarray, listing: Listing, by_split: dict[str, list[Ite
 
 
 def _decoded(listing: Listing, by_split: dict[str, list[Item]], ids: list, size: int,
-             store: ArrayStore | None) -> tuple[np.ndarray, dict[int, str], dict | None]:
+             store: ArrayStore | None, failed: dict[int, str]) -> tuple[np.ndarray, dict[int, str], dict | None]:
     """Decoded pixels by split region, failures by position, and what the cache did: from the decoded-image
     cache when the same images were decoded at this size before (held in RAM within the store's budget,
     else memory-mapped), else decoded now and stored for the next run."""
     shape = (len(ids), size, size, 3)
     if store is None:
         pixels = np.empty(shape, np.uint8)
-        return pixels, _decode_into(pixels, listing, by_split, size), None
+        return pixels, _decode_into(pixels, listing, by_split, size, failed), None
 
     def compute(folder):
         out = np.lib.format.open_memmap(folder / "0.npy", "w+", np.uint8, shape)
-        failures = _decode_into(out, listing, by_split, size)
+        failures = _decode_into(out, listing, by_split, size, failed)
         out.flush()
         return {"failures": failures}
 
@@ -186,14 +190,16 @@ def class_weights(choice, class_names: list[str], train_labels: np.ndarray) -> d
 
 # === The entry point ===
 
-def load_data(source: str | Path, size: int, spec: Data | None = None, store=None) -> ImageData:
-    """List, split, decode and check a data source (folder, CSV or ``tfds:NAME[:SPLIT]``) for training.
+def load_data(source: str | Path | Listing, size: int, spec: Data | None = None, store=None) -> ImageData:
+    """List (unless given a :class:`Listing`), split, decode and check a data source (folder, CSV or
+    ``tfds:NAME[:SPLIT]``) for training.
 
     ``store`` keeps decoded images on disk for the next run and decides whether they are held in RAM or
-    memory-mapped; without it they are decoded into RAM.
+    memory-mapped; without it they are decoded into RAM. Either way the decoded images must fit first.
     """
     spec = spec or Data()
-    listing = list_source(source)
+    listing = source if isinstance(source, Listing) else list_source(source, spec)
+    source = listing.source
     names = listing.class_names
     if len(names) < 2:
         raise TlkitError(f"{source} has {len(names)} class; a classifier needs at least two")
@@ -205,9 +211,16 @@ def load_data(source: str | Path, size: int, spec: Data | None = None, store=Non
         if not by_split[name] and (name != "test" or spec.test_fraction > 0):
             raise TlkitError(f"the {name} split of {source} is empty; add images or change the split fractions "
                              "(data.val_fraction, data.test_fraction)")
+    check_decoded_size(len(listing.items), size, store)
     order = _in_order(by_split)
-    ids = [listing.identity(item.origin) for item in order]
-    pixels, failures, decoded = _decoded(listing, by_split, ids, size, store)
+    ids, vanished = [], {}
+    for position, item in enumerate(order):
+        try:
+            ids.append(listing.identity(item.origin))
+        except OSError as error:  # listed, then gone or unreadable: skipped like any unusable file
+            ids.append(None)
+            vanished[position] = decode_failure(error)
+    pixels, failures, decoded = _decoded(listing, by_split, ids, size, store, vanished)
 
     splits, start = {}, 0  # each split's region of rows starts at its first item's position
     for name in SPLITS:
@@ -219,11 +232,29 @@ def load_data(source: str | Path, size: int, spec: Data | None = None, store=Non
         start += len(by_split[name])
     skipped = listing.skipped + [(order[p].origin, reason) for p, reason in failures.items()]
     data = ImageData(listing.root, names, splits, sorted(skipped, key=lambda s: str(s[0])), str(source), listing.kind,
-                     decoded=decoded)
+                     list(listing.warnings), decoded=decoded)
     _check(data, spec)
     data.class_weight = class_weights(spec.class_weight, names, splits["train"].labels)
     _log_summary(data)
     return data
+
+
+def check_decoded_size(images: int, size: int, store: ArrayStore | None) -> None:
+    """Fail before decoding when ``images`` decoded at ``size`` px cannot fit where they go: the cache's disk
+    (memory-mapped beyond its RAM budget), or RAM without a store."""
+    needed = images * size * size * 3
+    if store is None:
+        where, free = "RAM available", memory_budget(1.0)
+    else:
+        where, free = f"free on the disk of the cache {store.root}", free_disk(store.root)
+    if needed > free:
+        raise TlkitError(f"--image-size {size}: {images} images decoded at {size}x{size} px take about "
+                         f"{_gigabytes(needed)} and only {_gigabytes(free)} is {where}; use a smaller --image-size "
+                         "(the base's default is usually 224) or free space (--cache-dir on a larger disk)")
+
+
+def _gigabytes(nbytes: int) -> str:
+    return f"{nbytes / 2**30:,.1f} GB"
 
 
 def _check(data: ImageData, spec: Data) -> None:

@@ -8,20 +8,25 @@ from pathlib import Path
 
 SYSTEM_NAMES = {"thumbs.db", "ehthumbs.db", "desktop.ini", "__macosx", "@eadir", "$recycle.bin"}
 
+# Reasons for paths that repeat something already listed (not problems with a file: nothing is lost)
+LOOP = "symbolic link loop"
+SECOND_PATH = "second path to a folder already listed"
+SAME_FILE = "same file as"
+
 
 def is_hidden(name: str) -> bool:
     """Hidden and system entries that are never data: dotfiles (``.DS_Store``, ``._x.jpg``), Thumbs.db, ..."""
     return name.startswith(".") or name.lower() in SYSTEM_NAMES
 
 
+def repeated(reason: str) -> bool:
+    """Whether a skip reason says the path repeats a folder or file already listed (a loop, a second link)."""
+    return reason.startswith((LOOP, SECOND_PATH, SAME_FILE))
+
+
 def visible_dirs(folder: Path) -> list[Path]:
     """The visible sub-folders of ``folder`` (links to folders included), sorted by name."""
     return sorted(d for d in Path(folder).iterdir() if not is_hidden(d.name) and d.is_dir())
-
-
-def loose_files(folder: Path) -> list[Path]:
-    """The visible files directly in ``folder``, sorted by name."""
-    return sorted(p for p in Path(folder).iterdir() if not is_hidden(p.name) and p.is_file())
 
 
 class Walker:
@@ -34,56 +39,75 @@ class Walker:
         self._dirs: dict[tuple[int, int], Path] = {}
         self._files: dict[tuple[int, int], Path] = {}
 
-    def files(self, folder: Path) -> list[Path]:
-        """Every visible file below ``folder``, depth first in name order."""
-        found = []
-        folder = Path(folder)
-        if not self._enter(folder, folder.stat()):
-            return found
-        stack = [folder]
-        while stack:
-            directory = stack.pop()
-            try:
-                entries = sorted(os.scandir(directory), key=lambda e: e.name)
-            except OSError as error:
-                self.skipped.append((directory, f"cannot read folder: {error.strerror or error}"))
+    def entries(self, folder: Path) -> tuple[list[Path], list[Path]]:
+        """The visible sub-folders and regular files directly in ``folder``, in name order (links followed;
+        files are not checked against earlier ones here); entries that are neither are skipped with the reason."""
+        dirs, files = self._scan(folder)
+        return dirs, [path for path, _ in files]
+
+    def _scan(self, folder: Path) -> tuple[list[Path], list[tuple[Path, os.stat_result]]]:
+        try:
+            names = sorted(entry.name for entry in os.scandir(folder))
+        except OSError as error:
+            self.skipped.append((Path(folder), f"cannot read folder: {error.strerror or error}"))
+            return [], []
+        dirs, files = [], []
+        for name in names:
+            if is_hidden(name):
                 continue
-            subfolders = []
-            for entry in entries:
-                if is_hidden(entry.name):
-                    continue
-                path = Path(entry.path)
-                try:
-                    info = path.stat()  # follows links
-                except FileNotFoundError:
-                    self.skipped.append((path, "dangling symbolic link (its target does not exist)"))
-                    continue
-                except OSError as error:
-                    self.skipped.append((path, f"cannot read: {error.strerror or error}"))
-                    continue
-                if stat.S_ISDIR(info.st_mode):
-                    if self._enter(path, info):
-                        subfolders.append(path)
-                elif not stat.S_ISREG(info.st_mode):
-                    self.skipped.append((path, "not a regular file"))
-                elif (info.st_dev, info.st_ino) in self._files:
-                    self.skipped.append((path, f"same file as {self._files[(info.st_dev, info.st_ino)]}"))
-                else:
-                    self._files[(info.st_dev, info.st_ino)] = path
+            path = Path(folder) / name
+            info = self._stat(path)
+            if info is None:
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                dirs.append(path)
+            elif stat.S_ISREG(info.st_mode):
+                files.append((path, info))
+            else:
+                self.skipped.append((path, "not a regular file"))
+        return dirs, files
+
+    def claim(self, folder: Path) -> bool:
+        """Whether ``folder`` is a real folder not listed yet under another path (it is recorded as listed);
+        a loop or a repeat is skipped with the reason."""
+        folder = Path(folder)
+        info = self._stat(folder)
+        if info is None:
+            return False
+        key = (info.st_dev, info.st_ino)
+        first = self._dirs.setdefault(key, folder)
+        if first == folder:
+            return True
+        why = LOOP if folder.is_relative_to(first) else SECOND_PATH
+        self.skipped.append((folder, f"{why} ({first})"))
+        return False
+
+    def files(self, folder: Path) -> list[Path]:
+        """Every visible file below ``folder`` not listed before, depth first in name order (in each folder,
+        files before links: a file and a link to it beside it list the file)."""
+        found = []
+        stack = [Path(folder)] if self.claim(folder) else []
+        while stack:
+            dirs, files = self._scan(stack.pop())
+            for path, info in sorted(files, key=lambda pair: pair[0].is_symlink()):  # a file before links to it
+                first = self._files.setdefault((info.st_dev, info.st_ino), path)
+                if first == path:
                     found.append(path)
-            stack += reversed(subfolders)
+                else:
+                    self.skipped.append((path, f"{SAME_FILE} {first}"))
+            stack += reversed([d for d in dirs if self.claim(d)])
         return found
 
-    def _enter(self, path: Path, info: os.stat_result) -> bool:
-        """Whether ``path`` is a real folder not listed yet (recorded as listed); a repeat is skipped."""
-        key = (info.st_dev, info.st_ino)
-        if key in self._dirs:
-            first = self._dirs[key]
-            why = "symbolic link loop" if path.is_relative_to(first) else "second path to a folder already listed"
-            self.skipped.append((path, f"{why} ({first})"))
-            return False
-        self._dirs[key] = path
-        return True
+    def _stat(self, path: Path) -> os.stat_result | None:
+        """``path``'s status through links, or None with the reason recorded (dangling link, unreadable)."""
+        try:
+            return path.stat()
+        except FileNotFoundError:
+            reason = "dangling symbolic link (its target does not exist)" if path.is_symlink() else "file vanished"
+            self.skipped.append((path, reason))
+        except OSError as error:
+            self.skipped.append((path, f"cannot read: {error.strerror or error}"))
+        return None
 
 
 def files_in(inputs: list[str | Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -97,5 +121,6 @@ def files_in(inputs: list[str | Path]) -> tuple[list[Path], list[tuple[Path, str
         elif item.is_file():
             files.append(item)
         else:
-            missing.append((item, "file not found"))
+            reason = "dangling symbolic link (its target does not exist)" if item.is_symlink() else "file not found"
+            missing.append((item, reason))
     return files, missing + walker.skipped

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tlkit.data import class_warnings, imbalance_ratio
 from tlkit.images import parallel, read_image
+from tlkit.recipe import Data
 from tlkit.sources import list_source
 from tlkit.ui import progress
 
@@ -16,9 +17,10 @@ def _shape_and_format(pair) -> tuple[int, int, str]:
     return pixels.shape[1], pixels.shape[0], fmt
 
 
-def inventory(source: str | Path, min_per_class: int = 5) -> dict:
-    """Decode every image of a source once (no resizing) and tally it per class; JSON-ready."""
-    listing = list_source(source)
+def inventory(source: str | Path, min_per_class: int = 5, spec: Data | None = None) -> dict:
+    """Decode every image of a source once (no resizing) and tally it per class; JSON-ready. ``spec``: how to
+    read a CSV source."""
+    listing = list_source(source, spec)
     items = listing.items
     counts = Counter()
     splits = {name: Counter() for name in listing.class_names}
@@ -51,7 +53,8 @@ def inventory(source: str | Path, min_per_class: int = 5) -> dict:
     return {"source": str(source), "kind": listing.kind, "root": str(listing.root), "classes": classes,
             "files": used + len(skipped), "used": used,
             "skipped": [{"path": str(path), "reason": reason} for path, reason in sorted(skipped, key=str)],
-            "imbalance_ratio": imbalance_ratio(per_class), "warnings": class_warnings(per_class, min_per_class)}
+            "imbalance_ratio": imbalance_ratio(per_class),
+            "warnings": listing.warnings + class_warnings(per_class, min_per_class)}
 
 
 def format_inventory(report: dict) -> str:

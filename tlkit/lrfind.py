@@ -19,6 +19,7 @@ from tlkit.recipe import Recipe
 from tlkit.runfolder import RunFolder
 from tlkit.session import Session, prepare
 from tlkit.training.stage import stage_id
+from tlkit.ui import ensure_logging
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,9 @@ def plot(result: Sweep, path: Path) -> None:
 def lr_find(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir: str | None = None,
             cache_dir: str | None = None, cache_memory: float = 0.5, stage: int = 1, start: float = 1e-7,
             end: float = 1.0, steps: int = 100) -> Sweep:
-    """Set up as `tlkit run` does, sweep, and write lr_find.png, .csv and .json to ``out``."""
+    """Set up as `tlkit run` does, sweep, and write lr_find.png, .csv and .json to ``out``; progress is logged as
+    the CLI shows it (unless the program set up logging)."""
+    ensure_logging()
     check_options(recipe, stage, start, end, steps)
     session = prepare(recipe, data, weights_dir=weights_dir, cache_dir=cache_dir, cache_memory=cache_memory)
     result = sweep(session, stage, start, end, steps)

@@ -10,7 +10,7 @@ from keras import layers, ops
 
 from tlkit.backbones import PREPROCESSING, Backbone
 from tlkit.errors import TlkitError
-from tlkit.recipe import Augment, FeatureExtraction, FineTune, Head, Recipe
+from tlkit.recipe import Augment, FeatureExtraction, FineTune, FromScratch, Head, Recipe
 from tlkit.weights import ResolvedWeights, load_into
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -155,10 +155,15 @@ def inference(model: keras.Model):
 
 
 def cut_index(recipe: Recipe, base: keras.Model, stage) -> int:
-    """Index in ``base.layers`` of the first layer a stage trains (``len(base.layers)``: none)."""
+    """Index in ``base.layers`` of the first layer a stage trains (``len(base.layers)``: none; 0: all)."""
     if isinstance(stage, FeatureExtraction):
         return len(base.layers)
+    if isinstance(stage, FromScratch):
+        return 0
     return unfreeze_index(recipe, base, stage)
+
+
+SCRATCH_BN_MOMENTUM = 0.9  # from scratch, moving statistics must catch up within a short run (Keras: 0.99)
 
 
 def set_trainable(classifier: Classifier, recipe: Recipe, stage) -> int:
@@ -166,14 +171,18 @@ def set_trainable(classifier: Classifier, recipe: Recipe, stage) -> int:
 
     ``batchnorm="frozen"`` also freezes every normalisation layer of the base's record, nested ones included
     (ConvNeXt's stem, KerasHub blocks): BatchNorm then runs in inference mode, so its moving statistics never
-    move, and LayerNorm, which has no statistics, keeps its scale and offset."""
+    move, and LayerNorm, which has no statistics, keeps its scale and offset. A FromScratch stage trains every
+    layer, and BatchNorm's moving statistics follow the batches faster."""
     base = classifier.base
     cut = cut_index(recipe, base, stage)
     norms = recipe.backbone.norm_layers() if recipe.batchnorm == "frozen" else ()
+    scratch = isinstance(stage, FromScratch)
     base.trainable = cut < len(base.layers)
     for i, layer in enumerate(base.layers):
         layer.trainable = i >= cut  # propagates to the layers it contains
         for inner in layer._flatten_layers():  # the layer itself and all it contains (Keras has no public walk)
             if isinstance(inner, norms):
                 inner.trainable = False
+            if scratch and isinstance(inner, layers.BatchNormalization):
+                inner.momentum = SCRATCH_BN_MOMENTUM
     return cut

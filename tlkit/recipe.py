@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import pkgutil
+import traceback
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
@@ -22,6 +24,9 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
 
 from tlkit.backbones import BACKBONES, Backbone
 from tlkit.errors import TlkitError
+
+
+SCRATCH_EPOCH_FACTOR = 2  # from scratch: this many times the epochs of the stages (see from_scratch())
 
 
 def get_backbone(name: str) -> Backbone:
@@ -36,7 +41,7 @@ def get_backbone(name: str) -> Backbone:
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Head(_Spec):
@@ -77,6 +82,11 @@ class Data(_Spec):
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # used when the source has no test split
     class_weight: Union[None, Literal["auto"], dict[str, Annotated[float, Field(gt=0.0)]]] = None  # None: unweighted
     min_per_class: int = Field(5, ge=1)  # classes with fewer usable images get a warning
+    # CSV sources (a header is recognised by name: path, file, filename, image, id, ...; label, class, category, ...)
+    path_column: Optional[str] = None  # the column with each image's path or id (None: recognised by name)
+    label_column: Optional[str] = None  # the label column (None: recognised by name, or the one other column)
+    image_dir: Optional[str] = None  # the folder paths and ids are relative to (None: the CSV's folder)
+    suffix: str = ""  # appended to every path or id that does not end with it, e.g. ".jpg" for Kaggle-style ids
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self):
@@ -86,7 +96,7 @@ class Data(_Spec):
 
 
 class _Stage(_Spec):
-    epochs: int = Field(ge=0)
+    epochs: int = Field(ge=0)  # 0 skips the stage
     learning_rate: float = Field(gt=0.0)
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"  # sgd: momentum 0.9
     patience: Optional[int] = Field(3, ge=1)  # early stopping on val_loss; None turns it off
@@ -139,7 +149,15 @@ class FineTune(_Stage):
         return self
 
 
-Stage = Annotated[Union[FeatureExtraction, FineTune], Field(discriminator="kind")]
+class FromScratch(_Stage):
+    """The whole network trains from random init, BatchNorm layers with batch statistics: what a run without
+    pretrained weights does (see :func:`from_scratch`)."""
+
+    kind: Literal["from_scratch"] = "from_scratch"
+    learning_rate: float = Field(1e-3, gt=0.0)
+
+
+Stage = Annotated[Union[FeatureExtraction, FineTune, FromScratch], Field(discriminator="kind")]
 
 
 class Recipe(_Spec):
@@ -160,8 +178,12 @@ class Recipe(_Spec):
     data: Data = Data()
     stages: tuple[Stage, ...] = (FeatureExtraction(epochs=5),)
     batch_size: int = Field(32, ge=1)
-    seed: int = 1337
+    seed: int = Field(1337, ge=0, lt=2**32)
     cache: bool = True  # compute the frozen part of the base once (exact); False: full forward every step
+    # what a run without pretrained weights (weights=none, or auto falling back) trains: from_scratch replaces
+    # the stages with one FromScratch stage (see from_scratch()); as_recipe trains the stages as written on the
+    # random base (a baseline that shows what pretraining gives)
+    random_init: Literal["from_scratch", "as_recipe"] = "from_scratch"
     augment_replicas: int = Field(0, ge=0)  # cached augmented copies per image when augmentation is not just a flip
 
     @field_validator("base")
@@ -193,6 +215,12 @@ class Recipe(_Spec):
             raise ValueError(f"base {self.base} takes no alpha; received: alpha={self.alpha}")
         if not self.stages:
             raise ValueError("a recipe needs at least one stage")
+        if any(isinstance(stage, FromScratch) for stage in self.stages) and self.batchnorm != "train":
+            raise ValueError("a from_scratch stage needs batchnorm=train: BatchNorm statistics of a random "
+                             "network mean nothing")
+        if not any(stage.epochs for stage in self.stages):
+            raise ValueError("every stage has epochs=0, so nothing would train; epochs=0 skips a stage, and at "
+                             "least one stage needs 1 or more")
         return self
 
     @property
@@ -214,6 +242,22 @@ class Recipe(_Spec):
         return cls.model_validate_json(text, context={"run_folder": run_folder})
 
 
+def is_from_scratch(recipe: Recipe) -> bool:
+    return any(isinstance(stage, FromScratch) for stage in recipe.stages)
+
+
+def from_scratch(recipe: Recipe) -> Recipe:
+    """``recipe`` as a network without pretrained weights must train: every layer from the first step, so its
+    stages become one :class:`FromScratch` stage of twice as many epochs as they add up to (a random network
+    learns far slower than a pretrained one adapts), Adam at 2e-3, early stopping off (the validation loss of a
+    young network is noisy; the best epoch is still the one kept), BatchNorm with batch statistics; weights
+    become "none" (recipe.json records what ran)."""
+    epochs = SCRATCH_EPOCH_FACTOR * sum(stage.epochs for stage in recipe.stages)
+    stage = FromScratch(epochs=epochs, learning_rate=2e-3, patience=None)
+    tree = {**recipe.model_dump(), "weights": "none", "batchnorm": "train", "stages": [stage.model_dump()]}
+    return Recipe.model_validate(tree)
+
+
 def _bundled_names() -> list[str]:
     """The modules of ``tlkit.recipes`` (loaded like any recipe: by name, at run time)."""
     package = importlib.import_module("tlkit.recipes")
@@ -226,41 +270,86 @@ def bundled_recipes() -> dict[str, Recipe]:
 
 
 def load_recipe(name_or_path: str) -> Recipe:
-    """Load a bundled recipe by name, a recipe module by file path, or a run folder's resolved recipe.json."""
+    """Load a bundled recipe by name, a recipe module by file path, or a run folder's resolved recipe.json.
+
+    Any error in a recipe file is one line, ``FILE:LINE: message``."""
     path = Path(name_or_path)
-    try:
-        if path.suffix == ".json":
-            if not path.is_file():
-                raise TlkitError(f"recipe file not found: {path}")
-            return Recipe.from_json(path.read_text())
-        if path.suffix == ".py":
-            if not path.is_file():
-                raise TlkitError(f"recipe file not found: {path}")
-            spec = importlib.util.spec_from_file_location(f"tlkit_user_recipe_{path.stem}", path)
-            module = importlib.util.module_from_spec(spec)
+    if path.suffix in (".json", ".py") and not path.is_file():
+        raise TlkitError(f"recipe file not found: {path}")
+    if path.suffix == ".json":
+        try:
+            tree = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            line = getattr(error, "lineno", 1)
+            raise TlkitError(f"{path}:{line}: not a JSON recipe ({getattr(error, 'msg', error)}); write it with "
+                             "`tlkit run` (its recipe.json) or as a .py recipe module") from None
+        try:
+            return Recipe.model_validate(tree)
+        except ValidationError as error:
+            raise TlkitError(f"recipe {path}: {validation_message(error)}") from None
+    if path.suffix == ".py":
+        spec = importlib.util.spec_from_file_location(f"tlkit_user_recipe_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        try:
             spec.loader.exec_module(module)
-        else:
-            try:
-                module = importlib.import_module(f"tlkit.recipes.{name_or_path}")
-            except ModuleNotFoundError:
-                raise TlkitError(f"unknown recipe {name_or_path!r}; bundled recipes: {', '.join(_bundled_names())} "
-                                 "(or pass a path to a .py recipe module)") from None
-    except ValidationError as error:
-        raise TlkitError(f"recipe {name_or_path}: {validation_message(error)}") from None
+        except Exception as error:  # the recipe is the user's code: any error is theirs, reported on one line
+            raise TlkitError(_code_error(path, error)) from None
+    else:
+        try:
+            module = importlib.import_module(f"tlkit.recipes.{name_or_path}")
+        except ModuleNotFoundError:
+            raise TlkitError(f"unknown recipe {name_or_path!r}; bundled recipes: {', '.join(_bundled_names())} "
+                             "(or pass a path to a .py recipe module)") from None
     recipe = getattr(module, "recipe", None)
     if not isinstance(recipe, Recipe):
         raise TlkitError(f"recipe module {name_or_path} must define `recipe = tlkit.Recipe(...)`")
     return recipe
 
 
+def _code_error(path: Path, error: Exception) -> str:
+    """``FILE:LINE: message`` for an error raised while running a recipe module: a syntax error where it is,
+    anything else at the recipe's line that raised it."""
+    if isinstance(error, SyntaxError):
+        where = path if not error.filename or Path(error.filename).resolve() == path.resolve() else error.filename
+        return f"{where}:{error.lineno}: {type(error).__name__}: {error.msg}"
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if Path(f.filename).resolve() == path.resolve()]
+    line = frames[-1].lineno if frames else 1
+    if isinstance(error, ValidationError):
+        message = validation_message(error)
+    else:
+        text = str(error).strip().splitlines()
+        message = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    return f"{path}:{line}: {message}"
+
+
 def validation_message(error: ValidationError) -> str:
     """Pydantic's report squeezed onto one line: `field: problem (received: value)`."""
     parts = []
     for e in error.errors():
-        where = ".".join(str(p) for p in e["loc"] if p not in ("feature_extraction", "fine_tune"))
+        where = dotted_key([p for p in e["loc"] if p not in ("feature_extraction", "fine_tune", "from_scratch")])
         message = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             message = "unknown field"
         received = "" if e["type"] in ("value_error", "missing") else f" (received: {e.get('input')!r})"
         parts.append(f"{where + ': ' if where else ''}{message}{received}")
     return "; ".join(parts)
+
+
+def dotted_key(path) -> str:
+    """A field's path as ``--set`` spells it, stages counted from 1 as everywhere else: ``stage2.epochs``."""
+    parts = []
+    for part in path:
+        if isinstance(part, int) and parts and parts[-1] == "stages":
+            parts[-1] = f"stage{part + 1}"
+        else:
+            parts.append(str(part))
+    return ".".join(parts)
+
+
+def field_path(key: str) -> list:
+    """The path into a recipe's JSON tree of a dotted key: ``stage2.epochs`` -> ``["stages", 1, "epochs"]``."""
+    path = []
+    for part in key.split("."):
+        number = part.removeprefix("stage")
+        path += ["stages", int(number) - 1] if part.startswith("stage") and number.isdigit() else [part]
+    return path

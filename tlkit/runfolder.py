@@ -2,9 +2,18 @@
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
 import json
 import logging
+import os
+import shutil
+import socket
+import sys
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -14,6 +23,8 @@ from tlkit.recipe import Recipe
 from tlkit.storage import write_json_atomic
 
 log = logging.getLogger(__name__)
+
+_HELD: set[Path] = set()  # run folders whose lock this process holds
 
 
 class RunFolder:
@@ -37,6 +48,9 @@ class RunFolder:
         self.curves_file = self.path / "training_curves.png"
         self.confusion_file = self.path / "confusion_matrix.png"
         self.misclassified_file = self.path / "misclassified.png"
+        self.checkpoint_dir = self.path / "checkpoint"
+        self.evaluations_dir = self.path / "evaluations"
+        self.lock_file = self.path / "run.lock"  # while a process writes the run: its pid, host and command
 
     @classmethod
     def open(cls, path: str | Path) -> "RunFolder":
@@ -80,13 +94,108 @@ class RunFolder:
 
     @staticmethod
     def write_csv(file: Path, rows: list[dict], columns: list[str] | None = None) -> None:
+        """A CSV in UTF-8; file names that are not valid UTF-8 keep their bytes, so they read back the same."""
         columns = columns or list(dict.fromkeys(k for row in rows for k in row))
-        with open(file, "w", newline="", encoding="utf-8") as f:
+        with open(file, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             writer = csv.DictWriter(f, columns, restval="")
             writer.writeheader()
             writer.writerows(rows)
 
     @staticmethod
     def read_csv(file: Path) -> list[dict]:
-        with open(file, newline="", encoding="utf-8") as f:
+        with open(file, newline="", encoding="utf-8", errors="surrogateescape") as f:
             return list(csv.DictReader(f))
+
+    # === One writer at a time ===
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run folder for this process: a second process stops at once with a one-line error naming
+        the holder (pid, host, command). The lock is an advisory ``flock`` on ``run.lock``, which the system
+        releases when its process dies, however it dies, so a killed run's leftover file is simply taken over.
+        Nested use in one process is allowed."""
+        key = self.path.absolute()
+        if key in _HELD:
+            yield
+            return
+        created = not self.path.exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = self._acquire()
+        except OSError as error:
+            raise TlkitError(f"cannot write the run folder {self.path}: {error.strerror or error}; "
+                             "pass --out with a writable folder") from None
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
+            self.lock_file.unlink(missing_ok=True)
+            os.close(fd)
+            if created and not any(self.path.iterdir()):
+                self.path.rmdir()  # a run that stopped before writing anything leaves nothing behind
+
+    def _acquire(self) -> int:
+        while True:
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+            holder = _read_lock(fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                # held; or the file system has no flock, and then a live process on this host is the test
+                if error.errno in (errno.EAGAIN, errno.EACCES) or _alive(holder):
+                    os.close(fd)
+                    raise TlkitError(f"{self.path} is in use by another tlkit run ({_describe(holder)}); wait for "
+                                     "it to finish, or pass another --out") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.lock_file).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # its holder removed the file between our open and flock: start again
+                os.close(fd)
+                continue
+            if holder:
+                log.warning("%s: taking over the lock of a run that is no longer running (%s): it was killed or "
+                            "crashed", self.path, _describe(holder))
+            me = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+                  "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+            return fd
+
+    def clear(self) -> None:
+        """Delete what a run wrote into the folder (nothing else in it), for ``tlkit run --force``."""
+        for path in (self.recipe_file, self.classes_file, self.split_file, self.skipped_file, self.history_file,
+                     self.metrics_file, self.run_file, self.interruptions_file, self.model_file, self.evaluation_file,
+                     self.report_file, self.curves_file, self.confusion_file, self.misclassified_file):
+            path.unlink(missing_ok=True)
+        for folder in (self.stages_dir, self.export_dir, self.checkpoint_dir, self.evaluations_dir):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _read_lock(fd: int) -> dict:
+    try:
+        return json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except ValueError:
+        return {}
+
+
+def _alive(holder: dict) -> bool:
+    """Whether the process a lock names still runs (only knowable on this host; elsewhere, assume it does)."""
+    if not holder.get("pid"):
+        return False
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _describe(holder: dict) -> str:
+    if not holder:
+        return "pid unknown"
+    return f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}: {holder.get('command')}"

@@ -19,14 +19,17 @@ from tlkit.data import ImageData
 from tlkit.errors import RunInterrupted, TlkitError
 from tlkit.evaluation.evaluate import default_split, evaluate_split
 from tlkit.evaluation.report import write_report
-from tlkit.recipe import Recipe
+from tlkit.overrides import differences
+from tlkit.recipe import Recipe, is_from_scratch
 from tlkit.runfolder import RunFolder
 from tlkit.serving.export import export_run
-from tlkit.session import Session, prepare, with_data
+from tlkit.session import Session, for_weights, prepare, with_data
 from tlkit.storage import write_json_atomic
 from tlkit.training.checkpoint import Checkpoints
 from tlkit.training.distribute import place
 from tlkit.training.state import Training
+from tlkit.ui import ensure_logging
+from tlkit.weights import resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ class RunResult:
     folder: Path
     metrics: dict
     export: Path | None
+    random_init: str | None = None  # without pretrained weights: what trained (run.json "random_init"); else None
 
 
 def default_out(recipe_name: str) -> Path:
@@ -47,32 +51,56 @@ def default_out(recipe_name: str) -> Path:
 def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir: str | None = None,
         cache_dir: str | None = None, cache_memory: float = 0.5, export: bool = True,
         export_formats: tuple[str, ...] = ("savedmodel",), strategy: str = "auto",
-        precision: str = "auto") -> RunResult:
+        precision: str = "auto", force: bool = False) -> RunResult:
     """Train a recipe end to end and write its run folder; the library entry point behind `tlkit run`.
 
-    With ``export``, the run ends with :func:`tlkit.serving.export.export_run` in ``export_formats``. If
-    ``out`` holds an unfinished run with a checkpoint, it continues from there with that run's recipe.
+    The folder has one writer: the run holds its lock throughout (a second run into it stops at once). If
+    ``out`` holds an unfinished run with a checkpoint, it continues from there, provided this recipe is the one
+    it saved (any difference is an error that lists them); ``force`` replaces whatever run ``out`` holds
+    instead. With ``export``, the run ends with :func:`tlkit.serving.export.export_run` in ``export_formats``.
     """
     started = time.perf_counter()
+    ensure_logging()
     placement = place(strategy, precision)
     out = Path(out) if placement.is_chief else Path(out) / f"worker-{placement.worker_index}"
     folder = RunFolder(out)
-    if folder.run_file.exists():
-        raise TlkitError(f"{folder.path} already holds a finished run; pass another --out")
-    checkpoints = Checkpoints(folder.path)
-    resume = checkpoints.load()
-    if resume:
-        recipe = folder.recipe()
-        _record_interruption(folder, resume["state"])
-        log.info("resuming the unfinished run in %s with its own recipe.json", folder.path)
-    else:
-        recipe = with_data(recipe, data)
-        check_writable(folder.path)
-        folder.recipe_file.write_text(recipe.to_json() + "\n")
+    recipe = with_data(recipe, data)
+    weights = resolve_weights(recipe.base, recipe.alpha, recipe.size, recipe.weights, weights_dir)
+    recipe = for_weights(recipe, weights)
+    with folder.lock():
+        if force:
+            log.info("--force: replacing the run in %s", folder.path)
+            folder.clear()
+        if folder.run_file.exists():
+            raise TlkitError(f"{folder.path} already holds a finished run; pass another --out (or --force to "
+                             "replace it)")
+        checkpoints = Checkpoints(folder.path)
+        resume = checkpoints.load()
+        if resume:
+            _check_same_recipe(folder, recipe)
+            _record_interruption(folder, resume["state"])
+            log.info("resuming the unfinished run in %s (its recipe.json is this recipe)", folder.path)
+        else:
+            check_writable(folder.path)
+            folder.recipe_file.write_text(recipe.to_json() + "\n")
+        session = prepare(recipe, weights=weights, cache_dir=cache_dir, cache_memory=cache_memory,
+                          placement=placement)
+        return _finish(session, folder, checkpoints, resume, started, export and placement.is_chief, export_formats)
 
-    session = prepare(recipe, weights_dir=weights_dir, cache_dir=cache_dir, cache_memory=cache_memory,
-                      placement=placement)
-    timings = dict(session.timings)
+
+def _check_same_recipe(folder: RunFolder, recipe: Recipe) -> None:
+    """A resumed run trains what it started with: this command's recipe must be the one saved."""
+    changed = differences(folder.recipe(), recipe)
+    if changed:
+        raise TlkitError(f"{folder.path} holds an unfinished run, and this command differs from its recipe.json: "
+                         f"{'; '.join(changed)}. Resume it as it was with `tlkit run --resume {folder.path}` (no "
+                         "other flags), start it over with these settings with --force, or pass another --out")
+
+
+def _finish(session: Session, folder: RunFolder, checkpoints: Checkpoints, resume: dict | None, started: float,
+            export: bool, export_formats: tuple[str, ...]) -> RunResult:
+    """Train, evaluate, save, report and export a prepared run; run.json last (it marks the run finished)."""
+    recipe, timings = session.recipe, dict(session.timings)
     _write_data_record(folder, session.data)
     check_disk_space(folder.path, session.classifier.model.count_params())
     with _timed(timings, "train"):
@@ -92,11 +120,12 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
     with _timed(timings, "report"):
         write_report(evaluations[default_split(session.data.splits)], folder.path)
     with _timed(timings, "export"):
-        exports = export_run(folder, export_formats, model=model) if export and placement.is_chief else []
+        exports = export_run(folder, export_formats, model=model) if export else []
     exported = next((folder.path / e.path for e in exports if e.format == "savedmodel"), None)
     folder.write_json(folder.run_file, _run_record(session, training, timings, started, folder, exported))
     checkpoints.remove()
-    return RunResult(folder.path, metrics, exported)
+    random_init = _random_init_record(session)
+    return RunResult(folder.path, metrics, exported, random_init and random_init["trained"])
 
 
 def _write_data_record(folder: RunFolder, images: ImageData) -> None:
@@ -146,6 +175,7 @@ def _run_record(session: Session, training: Training, timings: dict, started: fl
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "weights": {"requested": weights.requested, "loaded": weights.describe(), "warning": weights.warning},
+        "random_init": _random_init_record(session),
         "warnings": [w for w in [weights.warning] if w] + session.data.warnings,
         "data": session.data.summary(),
         "placement": {**placement.describe(), "global_batch_size": recipe.batch_size * placement.replicas,
@@ -161,6 +191,17 @@ def _run_record(session: Session, training: Training, timings: dict, started: fl
                      "keras": keras.__version__, "numpy": np.__version__, "tlkit": _version()},
         "machine": machine(),
     }
+
+
+def _random_init_record(session: Session) -> dict | None:
+    """How a run without pretrained weights trained (None: it had them)."""
+    recipe = session.recipe
+    if session.weights.path is not None:
+        return None
+    if not is_from_scratch(recipe):
+        return {"trained": "the recipe's stages on a random base (random_init=as_recipe)"}
+    return {"trained": "the whole network from scratch", "batchnorm": recipe.batchnorm,
+            "stages": [stage.model_dump() for stage in recipe.stages]}
 
 
 def check_writable(path: Path) -> None:

@@ -3,18 +3,22 @@ open the cache, load the data, build the classifier, and hand out trainers for i
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tlkit.backbones import BACKBONES
 from tlkit.data import ImageData, load_data
 from tlkit.errors import TlkitError
 from tlkit.model import Classifier, build_classifier
-from tlkit.recipe import Recipe
+from tlkit.recipe import Recipe, from_scratch, is_from_scratch
+from tlkit.sources import list_source
 from tlkit.storage import ArrayStore, memory_budget
 from tlkit.training.checkpoint import Checkpoints
 from tlkit.training.distribute import Placement, current_placement
-from tlkit.training.features import FeatureStore, feature_fingerprint
+from tlkit.training.features import FeatureStore, choose_replicas, feature_batch, feature_fingerprint
+from tlkit.training.stage import plan_stages
 from tlkit.training.trainer import Trainer
 from tlkit.weights import ResolvedWeights, resolve_weights
 
@@ -49,31 +53,80 @@ class Session:
 
 
 def with_data(recipe: Recipe, data: str | Path | None) -> Recipe:
-    """The recipe with ``data.path`` set to ``data`` (when given); an error when neither names any data."""
+    """The recipe with ``data.path`` set to ``data`` (when given) and local paths made absolute, so recipe.json
+    names the same files from any folder; an error when neither names any data."""
     path = data or recipe.data.path
     if not path:
         raise TlkitError(NO_DATA)
-    return recipe.model_copy(update={"data": recipe.data.model_copy(update={"path": str(path)})})
+    update = {"path": str(path) if str(path).startswith("tfds:") else str(Path(path).expanduser().absolute())}
+    if recipe.data.image_dir:
+        update["image_dir"] = str(Path(recipe.data.image_dir).expanduser().absolute())
+    return recipe.model_copy(update={"data": recipe.data.model_copy(update=update)})
 
 
-def prepare(recipe: Recipe, data: str | Path | None = None, *, weights_dir: str | None = None,
-            cache_dir: str | Path | None = None, cache_memory: float = 0.5,
+def for_weights(recipe: Recipe, weights: ResolvedWeights) -> Recipe:
+    """The recipe as it trains with ``weights`` (what recipe.json records). Without pretrained weights (random
+    init) a frozen base would give the head nothing to learn, so unless ``random_init="as_recipe"`` the whole
+    network trains from scratch (:func:`tlkit.recipe.from_scratch`), loudly; either way ``weights`` is "none"."""
+    if weights.path is not None:
+        return recipe
+    if recipe.random_init == "as_recipe" or is_from_scratch(recipe):
+        return recipe.model_copy(update={"weights": "none"})
+    adapted = from_scratch(recipe)
+    stage = adapted.stages[0]
+    log.warning("no pretrained weights (random init): training the whole network from scratch instead of the "
+                "recipe's stages: %d epochs, %s at %g on a %s schedule, BatchNorm with batch statistics "
+                "(random_init=as_recipe keeps the recipe's stages)", stage.epochs, stage.optimizer,
+                stage.learning_rate, stage.schedule)
+    return adapted
+
+
+def prepare(recipe: Recipe, data: str | Path | None = None, *, weights: ResolvedWeights | None = None,
+            weights_dir: str | None = None, cache_dir: str | Path | None = None, cache_memory: float = 0.5,
             placement: Placement | None = None) -> Session:
-    """Weights first (a missing file fails before any data work), then the data (decoded images cached in
-    ``cache_dir``, in RAM within ``cache_memory`` of the available memory), then the classifier, built
-    under ``placement``'s strategy (default: the one in scope)."""
+    """Weights first (a missing file fails before any data work; ``weights`` if already resolved), then the
+    data's listing and the classifier, then a check that training fits in memory, then the decoded images
+    (cached in ``cache_dir``, in RAM within ``cache_memory`` of the available memory). The classifier is built
+    under ``placement``'s strategy (default: the one in scope). Without pretrained weights the recipe becomes
+    :func:`for_weights`'s."""
     recipe = with_data(recipe, data)
     placement = placement or current_placement()
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    weights = resolve_weights(recipe.base, recipe.alpha, recipe.size, recipe.weights, weights_dir)
+    weights = weights or resolve_weights(recipe.base, recipe.alpha, recipe.size, recipe.weights, weights_dir)
+    recipe = for_weights(recipe, weights)
     log.info("base %s%s at %d px, weights: %s", recipe.base, f" (alpha {recipe.alpha})" if recipe.alpha else "",
              recipe.size, weights.describe())
     timings["weights"] = time.perf_counter() - started
-    store = ArrayStore(cache_dir, memory_budget(cache_memory))
-    images = load_data(recipe.data.path, recipe.size, recipe.data, store)
-    timings["data"] = time.perf_counter() - started - timings["weights"]
+    listing = list_source(recipe.data.path, recipe.data)
     with placement.strategy.scope():
-        classifier = build_classifier(recipe, len(images.class_names), weights)
-    timings["model"] = time.perf_counter() - started - timings["weights"] - timings["data"]
+        classifier = build_classifier(recipe, len(listing.class_names), weights)
+    check_memory(recipe, classifier)
+    timings["model"] = time.perf_counter() - started - timings["weights"]
+    store = ArrayStore(cache_dir, memory_budget(cache_memory))
+    images = load_data(listing, recipe.size, recipe.data, store)
+    timings["data"] = time.perf_counter() - started - timings["weights"] - timings["model"]
     return Session(recipe, weights, images, classifier, FeatureStore(store), placement, timings)
+
+
+def check_memory(recipe: Recipe, classifier: Classifier) -> None:
+    """Fail before decoding any image when a stage cannot fit in the memory available. A step that trains layers
+    keeps their outputs (float32) for the backward pass: the whole base's for a batch when every step runs it,
+    else those above the cut; computing cached features runs the frozen part forward, about two layers'
+    outputs at a time for a feature batch."""
+    base = classifier.base
+    sizes = [4 * sum(math.prod(t.shape[1:]) for t in _outputs(layer)) for layer in base.layers]
+    plans = plan_stages(recipe, base, choose_replicas(recipe, classifier.augment))
+    steps = [recipe.batch_size * sum(sizes[0 if not plan.cached else plan.cut:]) for plan in plans if plan.spec.epochs]
+    features = feature_batch(recipe.size) * 2 * max(sizes) if any(p.cached for p in plans) else 0
+    needed, available = max(steps + [features]), memory_budget(1.0)
+    if needed > available:
+        raise TlkitError(f"--image-size {recipe.size} with --batch-size {recipe.batch_size}: training {recipe.base} "
+                         f"needs about {needed / 2**30:,.1f} GB of memory (the layer outputs a step keeps) and "
+                         f"{available / 2**30:,.1f} GB is available; use a smaller --image-size (the base's default "
+                         f"is {BACKBONES[recipe.base].default_size}) or --batch-size")
+
+
+def _outputs(layer) -> list:
+    output = layer.output
+    return list(output) if isinstance(output, (list, tuple)) else [output]

@@ -7,6 +7,7 @@ plus the files it could not use; :mod:`tlkit.data` splits and decodes them.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import socket
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Iterator
 
 from tlkit.errors import TlkitError
-from tlkit.files import Walker, loose_files, visible_dirs
+from tlkit.files import Walker, visible_dirs
+from tlkit.recipe import Data
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,8 @@ class Item:
 
 @dataclass
 class Listing:
-    """Everything a source offers: class names in label order, usable-looking items, and files it skipped."""
+    """Everything a source offers: class names in label order, usable-looking items, files it skipped, and
+    warnings about the source as a whole."""
 
     source: str
     kind: str
@@ -44,6 +47,7 @@ class Listing:
     class_names: list[str]
     items: list[Item]
     skipped: list[tuple[Path | str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def payloads(self, origins: list) -> Iterator[tuple[int, Path | bytes]]:
         """``(position, file path or encoded bytes)`` for each origin, in any order."""
@@ -62,22 +66,26 @@ def split_key(text: str) -> str:
     return unicodedata.normalize("NFC", text)
 
 
-def list_source(source: str | Path) -> Listing:
-    """Detect what ``--data`` names and list it."""
+def list_source(source: str | Path, spec: Data | None = None) -> Listing:
+    """Detect what ``--data`` names and list it (``spec``: how to read a CSV)."""
     text = str(source)
     if text.startswith("tfds:"):
         return list_tfds(text)
     path = Path(text).expanduser().absolute()
-    if path.is_file():
-        if path.suffix.lower() != ".csv":
-            raise TlkitError(f"--data {path} is a file but not a .csv; pass a folder, a CSV of path,label, "
-                             "or tfds:NAME[:SPLIT]")
-        return list_csv(path)
-    if not path.is_dir():
-        raise TlkitError(f"data not found: {path} (pass --data with a folder of class sub-folders, a CSV of "
-                         "path,label, or tfds:NAME[:SPLIT])")
-    split_dirs = _split_dirs(path)
-    return list_split_folders(path, split_dirs) if split_dirs else list_class_folders(path)
+    try:
+        if path.is_file():
+            if path.suffix.lower() not in (".csv", ".tsv", ".txt"):
+                raise TlkitError(f"--data {path} is a file but not a .csv; pass a folder, a CSV of path,label, "
+                                 "or tfds:NAME[:SPLIT]")
+            return list_csv(path, spec or Data())
+        if not path.is_dir():
+            raise TlkitError(f"data not found: {path} (pass --data with a folder of class sub-folders, a CSV of "
+                             "path,label, or tfds:NAME[:SPLIT])")
+        split_dirs = _split_dirs(path)
+        return list_split_folders(path, split_dirs) if split_dirs else list_class_folders(path)
+    except PermissionError as error:
+        raise TlkitError(f"cannot read --data {error.filename or path}: permission denied; "
+                         "fix its permissions or pass another --data") from None
 
 
 # === Folders ===
@@ -93,75 +101,167 @@ def _split_dirs(root: Path) -> dict[str, Path]:
     return {SPLIT_NAMES[d.name.lower()]: d for d in dirs}
 
 
-def scan_folder(root: Path, walker: Walker | None = None
-                ) -> tuple[list[str], list[tuple[Path, int]], list[tuple[Path, str]]]:
-    """Class names (sorted sub-folder names), every file in them with its label, and what was skipped:
-    files outside the class folders and whatever the (given or a new) ``walker`` skipped."""
+def scan_folder(root: Path, walker: Walker) -> tuple[list[str], list[tuple[Path, int]], list[tuple[Path, str]]]:
+    """Class names (sorted sub-folder names), every file in them with its label, and the files outside them;
+    ``walker`` keeps what it skipped (class folders that repeat another, loops, dangling links, ...)."""
     root = Path(root)
     if not root.is_dir():
         raise TlkitError(f"data folder not found: {root} (pass --data with a folder of class sub-folders)")
-    class_dirs = visible_dirs(root)
+    walker.claim(root)
+    dirs, loose = walker.entries(root)
+    class_dirs = [d for d in dirs if walker.claim(d)]
     if len(class_dirs) < 2:
         raise TlkitError(f"{root} needs at least two class sub-folders; found {len(class_dirs)} "
                          "(lay images out as DATA/CLASS_NAME/IMAGE)")
-    walker = walker or Walker()
-    skipped = [(p, "outside any class folder") for p in loose_files(root)]
     files = [(path, label) for label, d in enumerate(class_dirs) for path in walker.files(d)]
-    empty = [d.name for i, d in enumerate(class_dirs) if not any(label == i for _, label in files)]
+    present = {label for _, label in files}
+    empty = [d for i, d in enumerate(class_dirs) if i not in present]
     if empty:
-        raise TlkitError(f"class folder(s) without images in {root}: {', '.join(empty)} "
-                         "(add images or remove the folder)")
-    return [d.name for d in class_dirs], files, skipped + walker.skipped
+        problems = [f"{p}: {r}" for p, r in walker.skipped if p.parent in empty][:3]
+        raise TlkitError(f"class folder(s) without images in {root}: {', '.join(d.name for d in empty)} "
+                         f"({'; '.join(problems) + '; ' if problems else ''}add images or remove the folder)")
+    return [class_name(d.name) for d in class_dirs], files, [(p, "outside any class folder") for p in loose]
+
+
+def class_name(folder_name: str) -> str:
+    """A class folder's name as text that every output takes (labels.txt, the exported model): a name that is
+    not UTF-8 keeps its odd bytes as backslash escapes."""
+    return folder_name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _key(path: Path, root: Path) -> str:
+    """The name a file's split is hashed from: its path inside its class folder (``root/CLASS/...``)."""
+    return split_key("/".join(path.relative_to(root).parts[1:]))
 
 
 def list_class_folders(root: Path) -> Listing:
     """DATA/CLASS/IMAGE: every file is hash-split into train/val/test by its path inside its class folder."""
-    class_names, files, skipped = scan_folder(root)
-    items = [Item(path, label, split_key(path.relative_to(root / class_names[label]).as_posix()))
-             for path, label in files]
-    return Listing(str(root), "class folders", root, class_names, items, skipped)
+    walker = Walker()
+    class_names, files, outside = scan_folder(root, walker)
+    items = [Item(path, label, _key(path, root)) for path, label in files]
+    return Listing(str(root), "class folders", root, class_names, items, outside + walker.skipped)
 
 
 def list_split_folders(root: Path, split_dirs: dict[str, Path]) -> Listing:
     """DATA/{train,val|validation,test}/CLASS/IMAGE: the classes are train's; the folders fix the splits."""
     walker = Walker()
-    class_names, files, skipped = scan_folder(split_dirs["train"], walker)
-    skipped += [(p, "outside any split folder") for p in loose_files(root)]
+    walker.claim(root)
+    outside = [(p, "outside any split folder") for p in walker.entries(root)[1]]
+    class_names, files, loose = scan_folder(split_dirs["train"], walker)
+    outside += loose
     labels = {name: i for i, name in enumerate(class_names)}
     by_split = {"train": files}
     for name, folder in split_dirs.items():
-        if name == "train":
+        if name == "train" or not walker.claim(folder):
             continue
+        class_dirs, loose = walker.entries(folder)
+        outside += [(p, "outside any class folder") for p in loose]
         by_split[name] = []
-        skipped += [(p, "outside any class folder") for p in loose_files(folder)]
-        walked = len(walker.skipped)
-        for class_dir in visible_dirs(folder):
-            if class_dir.name not in labels:
+        for class_dir in class_dirs:
+            if class_name(class_dir.name) not in labels:
                 raise TlkitError(f"{class_dir} is a class that {split_dirs['train']} does not have; "
                                  f"train classes: {', '.join(class_names)} (rename or remove the folder)")
-            by_split[name] += [(path, labels[class_dir.name]) for path in walker.files(class_dir)]
-        skipped += walker.skipped[walked:]
-    items = [Item(path, label, split_key(path.relative_to(split_dirs[name] / class_names[label]).as_posix()), name)
-             for name, files_ in by_split.items() for path, label in files_]
-    return Listing(str(root), "split folders", root, class_names, items, skipped)
+            by_split[name] += [(path, labels[class_name(class_dir.name)]) for path in walker.files(class_dir)]
+    items = [Item(path, label, _key(path, split_dirs[name]), name) for name, files_ in by_split.items()
+             for path, label in files_]
+    return Listing(str(root), "split folders", root, class_names, items, outside + walker.skipped)
 
 
 # === CSV ===
 
-def list_csv(file: Path) -> Listing:
-    """Rows of ``path,label`` (optionally ``split``), header optional; paths relative to the CSV's folder."""
-    with open(file, newline="", encoding="utf-8-sig") as f:
-        rows = [(n, [cell.strip() for cell in row]) for n, row in enumerate(csv.reader(f), 1) if any(row)]
+PATH_COLUMNS = ("path", "file", "filename", "file_name", "filepath", "file_path", "image", "image_path",
+                "image_name", "img", "id", "image_id")  # recognised by name, in this order of preference
+LABEL_COLUMNS = ("label", "class", "class_name", "category", "target")
+DELIMITERS = ",;\t|"
+MOSTLY_MISSING = 0.5  # more rows than this fraction naming files that do not exist: a loud warning
+
+
+def _read_rows(file: Path) -> list[tuple[int, list[str]]]:
+    """The non-empty rows of a CSV with their line numbers, cells stripped; the delimiter (comma, semicolon,
+    tab or bar) is the one the first line uses most, a byte-order mark is ignored."""
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise TlkitError(f"{file} is not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8 "
+                         "(in Excel: CSV UTF-8)") from None
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    delimiter = max(DELIMITERS, key=first.count) if any(d in first for d in DELIMITERS) else ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    return [(reader.line_num, [cell.strip() for cell in row]) for row in reader if any(c.strip() for c in row)]
+
+
+def _columns(file: Path, header: list[str], spec: Data, rows) -> tuple[dict[str, int], bool]:
+    """Which column holds the path, the label and the split, and whether the first row is a header: named by
+    ``spec.path_column`` / ``spec.label_column``, else recognised by name, else ``path,label`` by position."""
+    names = [cell.lower() for cell in header]
+    wanted = {"path": spec.path_column, "label": spec.label_column}
+    given = {role: name for role, name in wanted.items() if name}
+    missing = [f"{name!r} ({ROLE_FLAG[role]})" for role, name in given.items() if name.lower() not in names]
+    if missing:
+        raise TlkitError(f"{file} has no column {' or '.join(missing)}; its first line has: {', '.join(header)}")
+    recognised = set(names) & set(PATH_COLUMNS + LABEL_COLUMNS)
+    if not given and not recognised:
+        if not _looks_like_header(file, header, rows, spec):
+            return {"path": 0, "label": 1}, False
+        if len(header) > 2:
+            raise TlkitError(f"{file}: which columns hold the path and the label? its header has "
+                             f"{', '.join(header)}; name them with {ROLE_FLAG['path']} and {ROLE_FLAG['label']}")
+        log.info("%s: first line %r read as a header (path, label by position)", file, ",".join(header))
+        return {"path": 0, "label": 1}, True
+    columns = {}
+    for role, known in (("path", PATH_COLUMNS), ("label", LABEL_COLUMNS)):
+        name = (given.get(role) or next((n for n in known if n in names), "")).lower()
+        if name:
+            columns[role] = names.index(name)
+    if "split" in names:
+        columns["split"] = names.index("split")
+    others = [i for i in range(len(names)) if i not in columns.values()]
+    for role in ("path", "label"):
+        if role not in columns:
+            if len(others) != 1:
+                raise TlkitError(f"{file}: which column holds the {role}? its header has {', '.join(header)}; "
+                                 f"name it with {ROLE_FLAG[role]}")
+            columns[role] = others.pop()
+    return columns, True
+
+
+ROLE_FLAG = {"path": "--path-column (data.path_column)", "label": "--label-column (data.label_column)"}
+
+
+def _looks_like_header(file: Path, first: list[str], rows, spec: Data) -> bool:
+    """A first row of names tlkit does not know is a header when its "path" names no file and does not look
+    like a path (no folder, no extension), and its "label" is on no other row."""
+    name = first[0] if first else ""
+    if len(first) < 2 or "/" in name or "\\" in name or Path(name).suffix or _image_path(file, name, spec).is_file():
+        return False
+    return all(len(row) < 2 or row[1] != first[1] for _, row in rows[1:])
+
+
+def _image_path(file: Path, name: str, spec: Data) -> Path:
+    """Where a CSV's path or id points: relative to ``spec.image_dir`` (default: the CSV's folder), with
+    ``spec.suffix`` appended unless it already ends so; Windows separators work too."""
+    if spec.suffix and not name.lower().endswith(spec.suffix.lower()):
+        name += spec.suffix
+    folder = Path(spec.image_dir or file.parent).expanduser()
+    path = folder / Path(name).expanduser()  # an absolute path stays as it is
+    if "\\" in name and not path.exists():
+        path = folder / Path(name.replace("\\", "/"))
+    return path
+
+
+def list_csv(file: Path, spec: Data | None = None) -> Listing:
+    """Rows of a path (or id) and a label, optionally a split, header recognised by name (or optional for
+    ``path,label``); paths relative to ``spec.image_dir`` or the CSV's folder. Rows naming missing files are
+    skipped and counted; when most are missing, a warning says so."""
+    spec = spec or Data()
+    rows = _read_rows(file)
     if not rows:
         raise TlkitError(f"{file} is empty; write one `path,label` row per image")
-    header = [cell.lower() for cell in rows[0][1]]
-    if "path" in header and "label" in header:
-        columns = {name: header.index(name) for name in ("path", "label", "split") if name in header}
+    columns, has_header = _columns(file, rows[0][1], spec, rows)
+    if has_header:
         rows = rows[1:]
-    else:
-        columns = {"path": 0, "label": 1}
     width = max(columns.values()) + 1
-    entries, seen, skipped = [], {}, []
+    entries, seen, skipped, missing = [], {}, [], 0
     for line, row in rows:
         if len(row) < width or not row[columns["path"]] or not row[columns["label"]]:
             raise TlkitError(f"{file} line {line}: expected {','.join(columns)} with a path and a label; "
@@ -170,8 +270,7 @@ def list_csv(file: Path) -> Listing:
         split = row[columns["split"]].lower() if "split" in columns and row[columns["split"]] else None
         if split is not None and split not in SPLIT_NAMES:
             raise TlkitError(f"{file} line {line}: split must be train, val, validation or test; found {split!r}")
-        path = Path(name).expanduser()
-        path = path if path.is_absolute() else file.parent / path
+        path = _image_path(file, name, spec)
         if name in seen:
             first_line, first_label = seen[name]
             if first_label != label:
@@ -182,14 +281,25 @@ def list_csv(file: Path) -> Listing:
         seen[name] = (line, label)
         if not path.is_file():
             skipped.append((path, "file not found"))
+            missing += 1
             continue
         entries.append((path, label, split_key(Path(name).as_posix()), SPLIT_NAMES.get(split)))
     class_names = sorted({label for _, label in seen.values()})
     if len(class_names) < 2:
         raise TlkitError(f"{file} needs at least two classes in its label column; found {len(class_names)}")
+    warnings = []
+    folder = Path(spec.image_dir).expanduser() if spec.image_dir else file.parent
+    if missing > MOSTLY_MISSING * len(seen):
+        example = next(p for p, r in skipped if r == "file not found")
+        hint = (f"paths are read relative to {folder}{' with suffix ' + spec.suffix if spec.suffix else ''} "
+                f"(first missing: {example}); point at the images with --image-dir (data.image_dir), add an "
+                "extension to ids with --suffix (data.suffix)")
+        if missing == len(seen):
+            raise TlkitError(f"{file}: none of its {len(seen)} rows names a file that exists; {hint}")
+        warnings.append(f"{missing} of {len(seen)} rows of {file} name files that do not exist; {hint}")
     labels = {name: i for i, name in enumerate(class_names)}
     items = [Item(path, labels[label], key, split) for path, label, key, split in entries]
-    return Listing(str(file), "csv", file.parent, class_names, items, skipped)
+    return Listing(str(file), "csv", folder, class_names, items, skipped, warnings)
 
 
 # === TensorFlow Datasets ===

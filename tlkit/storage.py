@@ -17,6 +17,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from tlkit.errors import TlkitError
+
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 2  # 2: every entry holds 0.npy, 1.npy, ... and is published by one rename
@@ -41,9 +43,13 @@ def write_json_atomic(path: Path, value) -> None:
 def staging_dir(target: Path) -> Iterator[Path]:
     """A fresh temporary folder beside ``target``, private to this process; removed if not published."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as error:
+        raise TlkitError(f"cannot write in {target.parent}: {error.strerror or error}; choose a writable folder "
+                         "(--out for a run, --cache-dir or TLKIT_CACHE_DIR for the caches)") from None
     try:
         yield tmp
     finally:
@@ -69,7 +75,9 @@ def atomic_dir(target: Path, replace: bool = False) -> Iterator[Path]:
     """Yield a private temporary folder; once the block ends without error it becomes ``target``."""
     with staging_dir(target) as tmp:
         yield tmp
-        publish(tmp, Path(target), replace)
+        if not publish(tmp, Path(target), replace):
+            raise TlkitError(f"{target} was created by another process meanwhile; nothing of this one was kept "
+                             "(run again, or pick another name)")
 
 
 # === The cache folder ===
@@ -87,6 +95,14 @@ def memory_budget(fraction: float = 0.5) -> int:
     except (OSError, StopIteration):
         available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     return int(available * fraction)
+
+
+def free_disk(path: Path) -> int:
+    """Free bytes on the disk that holds ``path`` (or would hold it: its nearest existing folder)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
 
 
 def cache_key(parts: dict) -> str:

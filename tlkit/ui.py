@@ -25,6 +25,18 @@ def setup_logging(verbose: bool = False) -> None:
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def ensure_logging() -> None:
+    """Progress for the Python API as the CLI shows it (`tlkit: message` lines on stderr, INFO and up), unless
+    the program has set up logging itself."""
+    library = logging.getLogger("tlkit")
+    if logging.getLogger().handlers or library.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("tlkit: %(message)s"))
+    library.addHandler(handler)
+    library.setLevel(logging.INFO)
+
+
 @contextmanager
 def quiet_native_stderr():
     """Hide what C++ libraries write straight to file descriptor 2 (TensorFlow's start-up log lines)."""

@@ -2,8 +2,10 @@
 random init, or a file the user names. Resolved before any data work, so a missing file fails fast."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -33,17 +35,26 @@ def keras_models_dir() -> Path:
 
 
 def search_dirs(weights_dir: Optional[str] = None) -> list[Path]:
-    """The folders searched for ImageNet files, in order."""
+    """The folders searched for ImageNet files, in order; a folder named that does not exist is an error."""
     dirs = [keras_models_dir()]
-    for extra in (weights_dir, os.environ.get("TLKIT_WEIGHTS_DIR")):
+    for extra, name in ((weights_dir, "--weights-dir"), (os.environ.get("TLKIT_WEIGHTS_DIR"), "TLKIT_WEIGHTS_DIR")):
         if extra:
+            check_weights_dir(extra, name)
             dirs.append(Path(extra).expanduser())
     return dirs
+
+
+def check_weights_dir(folder: str, name: str = "--weights-dir") -> None:
+    if not Path(folder).expanduser().is_dir():
+        raise TlkitError(f"{name} {folder}: no such folder; name the folder that holds the Keras ImageNet .h5 "
+                         f"files (or leave {name} out)")
 
 
 def resolve_weights(base: str, alpha: Optional[float], size: int, weights: str,
                     weights_dir: Optional[str] = None) -> ResolvedWeights:
     """Find the weights file for a recipe's base, downloading pretrained files only as a last resort."""
+    if weights_dir:
+        check_weights_dir(weights_dir)
     if weights == "none":
         return ResolvedWeights(weights, None)
     if weights not in ("imagenet", "auto"):
@@ -87,12 +98,15 @@ def _not_found(base: str, files: list[WeightFile], reason: str, weights_dir: Opt
 
 
 def _download(file: WeightFile) -> Path:
-    if not file.url.startswith(("https://", "http://")):  # a KerasHub preset handle
-        from tlkit.hub import fetch
-        return fetch(file.url, file.name)
-    import keras
-    log.info("downloading %s", file.url)
-    return Path(keras.utils.get_file(file.name, file.url, cache_subdir="models", file_hash=file.hash))
+    """Keras' (or KerasHub's) download; its lines (the URL, progress) go to stderr: stdout carries only a
+    command's answers."""
+    with contextlib.redirect_stdout(sys.stderr):
+        if not file.url.startswith(("https://", "http://")):  # a KerasHub preset handle
+            from tlkit.hub import fetch
+            return fetch(file.url, file.name)
+        import keras
+        log.info("downloading %s", file.url)
+        return Path(keras.utils.get_file(file.name, file.url, cache_subdir="models", file_hash=file.hash))
 
 
 def load_into(model, weights: ResolvedWeights, backbone: Optional[Backbone] = None) -> None:

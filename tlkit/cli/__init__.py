@@ -17,14 +17,37 @@ from tlkit.ui import setup_logging, start_tensorflow
 
 
 class _Group(click.Group):
-    """Turn TlkitError into `Error: message` and exit status 2, never a traceback."""
+    """Every user error is one line, `tlkit: error: message`, with exit status 2 (130 after Ctrl-C), never a
+    traceback: tlkit's own errors, bad options (click's usage errors), and what the system refused (a file that
+    vanished or cannot be read or written, memory running out); -v shows the traceback of the last two."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except TlkitError as error:
-            click.echo(f"tlkit: error: {error}", err=True)
-            sys.exit(error.exit_code)
+            _fail(str(error), error.exit_code)
+        except click.UsageError as error:
+            command = error.ctx.command_path if error.ctx else "tlkit"
+            _fail(f"{error.format_message()} (see `{command} --help`)", 2)
+        except (OSError, MemoryError) as error:
+            if ctx.params.get("verbose"):
+                raise
+            _fail(_system_error(error), 2)
+        except KeyboardInterrupt:  # outside training (which saves and says how to resume): nothing to keep
+            _fail("interrupted (Ctrl-C)", 130)
+
+
+def _fail(message: str, code: int):
+    click.echo(f"tlkit: error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
+
+
+def _system_error(error: Exception) -> str:
+    if isinstance(error, MemoryError):
+        return "out of memory; use a smaller --image-size or --batch-size (-v shows where)"
+    where = f"{error.filename}: " if getattr(error, "filename", None) else ""
+    return (f"{where}{error.strerror or error} (a file or folder changed or cannot be read or written while tlkit "
+            "worked; check it and run again, -v shows where)")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -44,4 +67,7 @@ for _command in (recipes_command, bases_command, run_command, export_command, pr
 
 
 def main():
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints escaped, never crashes
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     cli(prog_name="tlkit")

@@ -10,7 +10,8 @@ from tlkit.cli.options import flag_overrides, recipe_options
 
 @click.command("lr-find")
 @click.argument("recipe")
-@click.option("--data", help="Folder of class sub-folders (overrides the recipe's data.path).")
+@click.option("--data", help="Class folders, train/val(/test) folders, a CSV of path,label, or tfds:NAME[:SPLIT] "
+              "(overrides the recipe's data.path).")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Folder for lr_find.png, .csv and .json [default: runs/RECIPE-lr-find-TIME].")
 @click.option("--stage", type=click.IntRange(min=1), default=1, show_default=True,
@@ -20,14 +21,14 @@ from tlkit.cli.options import flag_overrides, recipe_options
 @click.option("--steps", type=int, default=100, show_default=True, help="Batches (rates) in the sweep.")
 @recipe_options
 def lr_find_command(recipe, data, out, stage, start, end, steps, weights, weights_dir, batch_size, image_size, seed,
-                    assignments, no_cache, cache_dir, cache_memory):
+                    assignments, no_cache, cache_dir, cache_memory, path_column, label_column, image_dir, suffix):
     """Sweep the learning rate of one stage of RECIPE exponentially, plot loss against rate, suggest a rate."""
     from tlkit.lrfind import lr_find
     from tlkit.overrides import override
     from tlkit.recipe import load_recipe
     from tlkit.runner import default_out
 
-    sets = flag_overrides(weights, batch_size, image_size, seed, no_cache)
+    sets = flag_overrides(weights, batch_size, image_size, seed, no_cache, path_column, label_column, image_dir, suffix)
     resolved = override(load_recipe(recipe), sets + list(assignments))
     out = Path(out) if out else default_out(f"{Path(recipe).stem}-lr-find")
     result = lr_find(resolved, out, data=data, weights_dir=weights_dir, cache_dir=cache_dir,

@@ -59,7 +59,9 @@ def export_command(run_dir, formats, name, version, force, check):
 def predict_command(model, images, top_k, as_json, as_csv):
     """Classify IMAGES (files or folders) with MODEL: a run folder, a SavedModel folder or a .tflite/.onnx file.
 
-    Exits with status 1 if any file could not be read (each is named on stderr)."""
+    Folders are walked as `tlkit run` walks data: links followed, each real file once (repeats are skipped and
+    named). Exits with status 1 if any file could not be read (each is named on stderr)."""
+    from tlkit.files import repeated
     from tlkit.serving.predictors import load_predictor, predict_files
 
     if as_json and as_csv:
@@ -78,8 +80,14 @@ def predict_command(model, images, top_k, as_json, as_csv):
     elif predictions:
         _table([[str(p.path), p.top[0][0], f"{p.top[0][1]:.4f}", ", ".join(f"{c} {v:.4f}" for c, v in p.top)]
                 for p in predictions], ["file", "class", "probability", f"top-{top_k}"])
+    repeats = [(path, reason) for path, reason in failures if repeated(reason)]
+    failures = [(path, reason) for path, reason in failures if not repeated(reason)]
+    for path, reason in repeats:
+        click.echo(f"tlkit: skipped {path}: {reason}", err=True)
     for path, reason in failures:
         click.echo(f"tlkit: cannot read {path}: {reason}", err=True)
+    if failures or repeats:
+        click.echo(f"tlkit: {len(predictions)} file(s) predicted, {len(failures)} failed, {len(repeats)} skipped "
+                   "as repeats (links to files or folders already listed)", err=True)
     if failures:
-        click.echo(f"tlkit: {len(failures)} of {len(predictions) + len(failures)} file(s) failed", err=True)
         sys.exit(1)

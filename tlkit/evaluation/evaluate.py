@@ -20,7 +20,8 @@ from tlkit.runfolder import RunFolder
 from tlkit.serving.layout import find_savedmodel
 from tlkit.serving.predictors import load_predictor
 from tlkit.serving.signatures import probabilities
-from tlkit.sources import list_tfds, scan_folder
+from tlkit.recipe import Data, is_from_scratch
+from tlkit.sources import Listing, list_source, list_tfds
 from tlkit.ui import progress
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class Evaluation:
     run: RunFolder | None = None  # the run the model came from: its training history goes in the report
     report_dir: Path | None = None  # where `tlkit evaluate` writes the report unless told otherwise
     images: np.ndarray | None = None  # decoded pixels in the order of paths, when at hand (TFDS has no files)
+    random_init: str | None = None  # the model was trained without pretrained weights: how (None: it was not)
 
     @cached_property
     def figures(self) -> dict:
@@ -59,8 +61,18 @@ class Evaluation:
 
     def to_dict(self) -> dict:
         """Everything as one JSON-ready object: what was evaluated, the figures, mistakes and skipped files."""
-        return {"model": self.model, "data": self.data, **self.figures, "misclassified": self.mistakes(),
-                "skipped": [{"path": str(p), "reason": r} for p, r in self.skipped]}
+        return {"model": self.model, "data": self.data, "random_init": self.random_init, **self.figures,
+                "misclassified": self.mistakes(), "skipped": [{"path": str(p), "reason": r} for p, r in self.skipped]}
+
+
+def random_init(run: RunFolder) -> str | None:
+    """How a run's model trained when it had no pretrained weights (its recipe.json says weights none)."""
+    recipe = run.recipe()
+    if recipe.weights != "none":
+        return None
+    how = "the whole network trained from scratch" if is_from_scratch(recipe) else "the recipe's stages trained on a " \
+        "random base"
+    return f"no pretrained weights: {how}"
 
 
 def default_split(split_names) -> str:
@@ -82,13 +94,14 @@ def evaluate_split(model, data: ImageData, run: RunFolder, batch_size: int = 32,
     split = data.splits[name]
     return Evaluation(str(run.path), f"{name} split", data.class_names, split.paths, split.labels,
                       predict(model, split.images, batch_size), list(data.skipped), run=run, report_dir=run.path,
-                      images=split.images)
+                      images=split.images, random_init=random_init(run))
 
 
-def evaluate(model: str | Path, data: str | Path | None = None, *, top_k: int = 5,
+def evaluate(model: str | Path, data: str | Path | None = None, *, spec: Data | None = None, top_k: int = 5,
              batch_size: int = 32) -> Evaluation:
-    """Evaluate a run folder or an exported model on a split of the run (``val``, ``test``, ``train``) or
-    on a folder of class sub-folders; by default the run's test split if it has one, else its val split.
+    """Evaluate a run folder or an exported model on a split of the run (``val``, ``test``, ``train``) or on
+    every labelled image of a data source (class folders, split folders, a CSV read as ``spec`` says, TFDS); by
+    default the run's test split if it has one, else its val split.
 
     The report goes in the run folder for its default split, in ``RUN/evaluations/DATA`` for other data.
     """
@@ -97,7 +110,7 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, top_k: int = 
     if not run.model_file.is_file():
         export = find_savedmodel(path)
         if export is not None:
-            return _evaluate_export(export, data, top_k)
+            return _evaluate_export(export, data, spec, top_k)
         raise TlkitError(f"{path} is neither a run folder (with model.keras) nor an exported model (with "
                          "saved_model.pb); pass the --out folder of `tlkit run` or its export/NAME/VERSION folder")
     recipe, class_names = run.recipe(), run.class_names()
@@ -115,9 +128,10 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, top_k: int = 
         labels = np.array([class_names.index(row["label"]) for row in chosen], np.int64)
         skipped, description = [], f"{name} split"
     else:
-        paths, labels, skipped = labelled_folder(name, class_names)
-        listing, description = None, str(Path(name).expanduser())
-    pixels, failures, ok = decode_all(paths, recipe.size, description, listing.payloads(paths) if listing else None)
+        listing = list_source(name, spec)
+        paths, labels, skipped = labelled(listing, class_names)
+        description = listing.source
+    pixels, failures, ok = decode_all(paths, recipe.size, description, listing and listing.payloads(paths))
     _require_images(ok, description)
     probabilities = predict(run.load_model(), pixels, batch_size)
     report_dir = run.path if name == default else run.path / "evaluations" / Path(name).name
@@ -125,16 +139,18 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, top_k: int = 
                        top_k, run, report_dir, pixels)
 
 
-def labelled_folder(root: str | Path, class_names: list[str]) -> tuple[list[Path], np.ndarray, list]:
-    """Image files of a folder of class sub-folders, labelled with the model's class indices."""
-    root = Path(root).expanduser()
-    found, files, skipped = scan_folder(root)
-    unknown = [name for name in found if name not in class_names]
+def labelled(listing: Listing, class_names: list[str]) -> tuple[list, np.ndarray, list]:
+    """Every image a source lists, labelled with the model's class indices, and what the source skipped; a
+    class the model does not know is an error."""
+    unknown = [name for name in listing.class_names if name not in class_names]
     if unknown:
-        raise TlkitError(f"{root} has class folder(s) the model does not know: {', '.join(unknown)} "
+        raise TlkitError(f"{listing.source} has class(es) the model does not know: {', '.join(unknown)} "
                          f"(model classes: {', '.join(class_names)}); rename or remove them")
-    index = [class_names.index(name) for name in found]
-    return [p for p, _ in files], np.array([index[label] for _, label in files], np.int64), skipped
+    index = [class_names.index(name) for name in listing.class_names]
+    for warning in listing.warnings:
+        log.warning(warning)
+    return ([item.origin for item in listing.items], np.array([index[item.label] for item in listing.items], np.int64),
+            list(listing.skipped))
 
 
 def _require_images(ok: np.ndarray, description: str) -> None:
@@ -146,22 +162,23 @@ def _require_images(ok: np.ndarray, description: str) -> None:
 def _evaluation(model, description, class_names, paths, labels, ok, probabilities, skipped, top_k,
                 run=None, report_dir=None, images=None) -> Evaluation:
     """An Evaluation of the files that decoded (``ok``); the rest are logged and listed as skipped."""
-    for path, reason in sorted(skipped):
+    skipped = sorted(skipped, key=lambda s: str(s[0]))
+    for path, reason in skipped:
         log.warning("skipped %s: %s", path, reason)
     return Evaluation(model, description, class_names, [p for p, good in zip(paths, ok) if good], labels[ok],
-                      probabilities, sorted(skipped), top_k, run, report_dir, images)
+                      probabilities, skipped, top_k, run, report_dir, images, random_init(run) if run else None)
 
 
-def _evaluate_export(export: Path, data, top_k: int) -> Evaluation:
-    """An exported model on a folder of class sub-folders, through its predictor (the ``serving_pixels``
-    signature, fed pixels decoded and resized as training decodes them)."""
+def _evaluate_export(export: Path, data, spec: Data | None, top_k: int) -> Evaluation:
+    """An exported model on every labelled image of a data source, through its predictor (the
+    ``serving_pixels`` signature, fed pixels decoded and resized as training decodes them)."""
     if data is None or str(data) in SPLITS:
         raise TlkitError(f"{export} is an exported model and has no splits; "
-                         "pass --data FOLDER (a folder of class sub-folders)")
+                         "pass --data with a folder of class sub-folders, a CSV or tfds:NAME[:SPLIT]")
     predictor = load_predictor(export)
-    paths, labels, skipped = labelled_folder(data, predictor.class_names)
-    description = str(Path(data).expanduser())
-    pixels, failures, ok = decode_all(paths, predictor.size, description)
-    _require_images(ok, description)
-    return _evaluation(str(export), description, predictor.class_names, paths, labels, ok,
+    listing = list_source(data, spec)
+    paths, labels, skipped = labelled(listing, predictor.class_names)
+    pixels, failures, ok = decode_all(paths, predictor.size, listing.source, listing.payloads(paths))
+    _require_images(ok, listing.source)
+    return _evaluation(str(export), listing.source, predictor.class_names, paths, labels, ok,
                        predictor.probabilities(pixels), skipped + failures, top_k)

@@ -37,7 +37,7 @@ def write_report(evaluation: Evaluation, out: str | Path) -> Path:
         curves = folder.curves_file
         training_curves(RunFolder.read_csv(evaluation.run.history_file), curves)
     folder.report_file.write_text(html_page(result, folder.confusion_file, folder.misclassified_file, curves),
-                                  encoding="utf-8")
+                                  encoding="utf-8", errors="backslashreplace")  # file names that are not UTF-8
     log.info("report: %s (accuracy %.4f on %d images of %s)", folder.report_file, result["accuracy"],
              result["images"], result["data"])
     return folder.report_file
@@ -142,6 +142,7 @@ def _number(value) -> float:
 
 
 def _short(text: str, width: int = 18) -> str:
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # a name that is not UTF-8
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
@@ -152,6 +153,7 @@ def text_report(result: dict) -> str:
     classes = result["classes"]
     width = max(16, *map(len, classes))
     lines = [f"model     {result['model']}",
+             *([f"RANDOM INIT, {result['random_init']}"] if result.get("random_init") else []),
              f"data      {result['data']}: {result['images']} images, {len(classes)} classes", "",
              f"{'accuracy':<{width}}  {result['accuracy']:.4f}",
              f"{'top-%d accuracy' % result['top_k']:<{width}}  {result['top_k_accuracy']:.4f}",
@@ -184,7 +186,8 @@ def text_report(result: dict) -> str:
 _STYLE = """body{font:15px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{padding:.25em .7em;border-bottom:1px solid #ddd}
 td.n{text-align:right;font-variant-numeric:tabular-nums}th{text-align:left;background:#f4f4f4}
-img{max-width:100%;border:1px solid #eee}code{font-size:90%}"""
+img{max-width:100%;border:1px solid #eee}code{font-size:90%}
+.banner{background:#fff3cd;border:2px solid #e0a800;padding:.7em 1em;font-weight:600}"""
 
 
 def html_page(result: dict, confusion: Path, misclassified: Path, curves: Path | None = None) -> str:
@@ -203,6 +206,9 @@ def html_page(result: dict, confusion: Path, misclassified: Path, curves: Path |
     skipped = [[s["path"], s["reason"]] for s in result["skipped"]]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>tlkit evaluation: {e(result['model'])}"
              f"</title><style>{_STYLE}</style></head><body>",
+             f"<p class='banner' id='random-init'>RANDOM INIT, {e(result['random_init'])}. Expect less than a "
+             "pretrained base gives; with the ImageNet weights file (--weights-dir) the run starts from them.</p>"
+             if result.get("random_init") else "",
              f"<h1>Evaluation</h1><p>Model <code>{e(result['model'])}</code> on <code>{e(result['data'])}</code>: "
              f"{result['images']} images, {len(result['classes'])} classes.</p>",
              "<h2>Summary</h2>", _table(["figure", "value"], summary),

@@ -10,7 +10,7 @@ from tlkit.errors import TlkitError
 from tlkit.runfolder import RunFolder
 from tlkit.serving.check import check_exports
 from tlkit.serving.layout import FORMATS, Export, file_entry, format_dir, next_version, record, refuse_existing
-from tlkit.serving.onnx import export_onnx, require_onnx
+from tlkit.serving.onnx import export_onnx, onnx_missing, require_onnx
 from tlkit.serving.savedmodel import write_savedmodel
 from tlkit.serving.tflite import export_tflite
 from tlkit.storage import atomic_dir
@@ -21,10 +21,15 @@ CALIBRATION_IMAGES = 100  # training images the int8 TFLite variant is calibrate
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
-    """``savedmodel``, ``tflite``, ``onnx``, comma-separated, or ``all`` / ``none``."""
+    """``savedmodel``, ``tflite``, ``onnx``, comma-separated, or ``none``; ``all`` is every format whose
+    packages are installed, and each one skipped is named in a warning with its install command."""
     names = [part.strip().lower() for part in text.split(",") if part.strip()]
     if names == ["all"]:
-        return FORMATS
+        missing = {"onnx": onnx_missing()}
+        for fmt, why in missing.items():
+            if why:
+                log.warning("export all: skipping %s: %s", fmt, why)
+        return tuple(fmt for fmt in FORMATS if not missing.get(fmt))
     if names == ["none"]:
         return ()
     unknown = [n for n in names if n not in FORMATS]
@@ -55,6 +60,12 @@ def export_run(folder: RunFolder, formats=("savedmodel",), name: str = "model", 
         require_onnx()
     if not name or name != Path(name).name or name in FORMATS or name.startswith("."):
         raise TlkitError(f"--name {name!r} must be a plain folder name other than {', '.join(FORMATS)}")
+    with folder.lock():  # one writer: a run exporting at its end, or another `tlkit export`
+        return _export(folder, formats, name, version, force, check, model)
+
+
+def _export(folder: RunFolder, formats, name: str, version: int | None, force: bool, check: bool,
+            model) -> list[Export]:
     root = folder.export_dir
     version = version or next_version(root, name)
     targets = {fmt: format_dir(root, fmt, name) / str(version) for fmt in formats}

@@ -10,14 +10,21 @@ from tlkit.serving.signatures import pixel_function, write_labels
 OPSET = 17
 
 
-def require_onnx() -> None:
-    """Fail early, in one line, when the optional packages are missing."""
+def onnx_missing() -> str | None:
+    """Why ONNX export cannot run here, with the install command; None when it can."""
     try:
         import onnxruntime  # noqa: F401
         import tf2onnx  # noqa: F401
     except ImportError as error:
-        raise TlkitError(f"ONNX export needs tf2onnx and onnxruntime ({error}); "
-                         "install them with: pip install 'tlkit[onnx]'") from None
+        return f"ONNX export needs tf2onnx and onnxruntime ({error}); install them with: pip install 'tlkit[onnx]'"
+    return None
+
+
+def require_onnx() -> None:
+    """Fail early, in one line, when the optional packages are missing."""
+    missing = onnx_missing()
+    if missing:
+        raise TlkitError(missing)
 
 
 def export_onnx(model, class_names: list[str], size: int, folder: Path, name: str) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tlkit.model import cut_index
-from tlkit.recipe import FeatureExtraction, FineTune, Recipe
+from tlkit.recipe import FeatureExtraction, FineTune, FromScratch, Recipe
 from tlkit.training.features import Replicas
 
 FULL_FORWARD = "full forward"
@@ -27,7 +27,7 @@ class StagePlan:
     """What one stage of a recipe does before it runs."""
 
     index: int  # position in recipe.stages
-    spec: FeatureExtraction | FineTune
+    spec: FeatureExtraction | FineTune | FromScratch
     cut: int  # index in base.layers of the first layer that trains; len(base.layers): none does
     first_trainable_layer: str | None
     mode: str  # "cached", "cached xN" or "full forward"
@@ -58,5 +58,8 @@ def plan_stages(recipe: Recipe, base, replicas: Replicas | None) -> list[StagePl
     for index, spec in enumerate(recipe.stages):
         cut = cut_index(recipe, base, spec)
         first = base.layers[cut].name if cut < len(base.layers) else None
-        plans.append(StagePlan(index, spec, cut, first, mode, reason))
+        if not any(layer.weights for layer in base.layers[:cut]):
+            plans.append(StagePlan(index, spec, cut, first, FULL_FORWARD, "nothing is frozen, so nothing to cache"))
+        else:
+            plans.append(StagePlan(index, spec, cut, first, mode, reason))
     return plans

@@ -76,9 +76,9 @@ class Trainer:
 
     def prepare_features(self) -> None:
         """Compute features at every cut a cached stage needs: the lowest cut from images, the rest from it."""
-        if self.replicas is None:
+        cuts = sorted({plan.cut for plan in self.plans if plan.spec.epochs and plan.cached})
+        if not cuts:
             return
-        cuts = sorted({plan.cut for plan in self.plans if plan.spec.epochs})
         started = time.perf_counter()
         lower = None
         for cut in cuts:
