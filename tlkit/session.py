@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tlkit.backbones import BACKBONES
 from tlkit.data import ImageData, load_data
 from tlkit.errors import TlkitError
 from tlkit.model import Classifier, build_classifier
@@ -124,7 +123,7 @@ def check_memory(recipe: Recipe, classifier: Classifier) -> None:
         raise TlkitError(f"--image-size {recipe.size} with --batch-size {recipe.batch_size}: training {recipe.base} "
                          f"needs about {needed / 2**30:,.1f} GB of memory (the layer outputs a step keeps) and "
                          f"{available / 2**30:,.1f} GB is available; use a smaller --image-size (the base's default "
-                         f"is {BACKBONES[recipe.base].default_size}) or --batch-size")
+                         f"is {recipe.backbone.default_size}) or --batch-size")
 
 
 def _outputs(layer) -> list:
