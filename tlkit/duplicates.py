@@ -6,7 +6,8 @@ the pixels, so distinct photos of one subject stay apart: the candidate is align
 crop and scale per axis that best match their row and column brightness profiles), then both are band-pass
 filtered at 64 px and correlated, in colour, leaving out clipped highlights. A copy keeps its fine detail
 (correlation 0.95-1.0 for the edits above); another shot of the same scene does not (below 0.8 on the
-real folders measured: README, *Audit*). Everything here is NumPy on pixels and features already in memory.
+real folders measured: README, *Audit*); ``data.near_duplicate`` (default 0.9) is the line between.
+Everything here is NumPy on pixels and features already in memory.
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from typing import Sequence
 
 import numpy as np
 
-NEAR_THRESHOLD = 0.9  # band-pass correlation after alignment at or above which two images are one photo
 PROFILE_THRESHOLD = 0.95  # aligned row and column profiles must correlate this well before the pixel check
 UNALIGNED_THRESHOLD = 0.3  # the same, before alignment: a cheap first cut (copies cropped by 12 % keep 0.6)
 NEIGHBOURS = 10  # feature neighbours of each image checked as candidates
@@ -207,11 +207,11 @@ def pixel_hashes(rows: Rows) -> list[bytes]:
     return digests
 
 
-def find_duplicates(rows: Rows, features: np.ndarray | None = None, near_threshold: float = NEAR_THRESHOLD,
+def find_duplicates(rows: Rows, near_threshold: float, features: np.ndarray | None = None,
                     nearest: np.ndarray | None = None) -> Duplicates:
     """Exact duplicates of ``rows`` (decoded pixels) and, given the base's pooled ``features`` (one row per
-    image, same order) or their ``nearest`` neighbour indices ``(N, k)``, near-duplicates at or above
-    ``near_threshold``."""
+    image, same order) or their ``nearest`` neighbour indices ``(N, k)``, near-duplicates whose aligned detail
+    correlation is at least ``near_threshold`` (``data.near_duplicate``)."""
     pairs, first = [], {}
     for i, digest in enumerate(pixel_hashes(rows)):
         if digest in first:

@@ -65,6 +65,10 @@ class Data(_Spec):
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # used when the source has no test split
     class_weight: Union[None, Literal["auto"], dict[str, Annotated[float, Field(gt=0.0)]]] = None  # None: unweighted
     min_per_class: int = Field(5, ge=1)  # classes with fewer usable images get a warning
+    # duplicate photos are kept in one split (each group in the split of its first member): near (exact
+    # copies and near-duplicates), exact (identical decoded pixels only) or ignore
+    duplicates: Literal["near", "exact", "ignore"] = "near"
+    near_duplicate: float = Field(0.9, gt=0.0, le=1.0)  # aligned detail correlation that makes two images one photo
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self):

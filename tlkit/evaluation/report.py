@@ -20,12 +20,14 @@ from tlkit.training.stage import stage_title
 log = logging.getLogger(__name__)
 
 SHOWN_MISTAKES = 24  # images on the contact sheet and rows on the page
+SHOWN_DUPLICATES = 60  # rows of moved or conflicting duplicates on the page (duplicates.csv has all)
 LISTED_MISTAKES = 10  # lines in the terminal
 
 
 def write_report(evaluation: Evaluation, out: str | Path) -> Path:
     """Write evaluation.json, confusion_matrix.png, misclassified.png, training_curves.png (when the model
-    came from a run) and report.html into ``out``; return the page's path."""
+    came from a run) and report.html (with the run's duplicate groups, when it kept any together) into
+    ``out``; return the page's path."""
     folder = RunFolder(out)
     folder.path.mkdir(parents=True, exist_ok=True)
     result = evaluation.to_dict()
@@ -36,8 +38,11 @@ def write_report(evaluation: Evaluation, out: str | Path) -> Path:
     if evaluation.run and evaluation.run.history_file.is_file():
         curves = folder.curves_file
         training_curves(RunFolder.read_csv(evaluation.run.history_file), curves)
-    folder.report_file.write_text(html_page(result, folder.confusion_file, folder.misclassified_file, curves),
-                                  encoding="utf-8")
+    duplicates = None
+    if evaluation.run and evaluation.run.duplicates_file.is_file():
+        duplicates = RunFolder.read_csv(evaluation.run.duplicates_file)
+    folder.report_file.write_text(html_page(result, folder.confusion_file, folder.misclassified_file, curves,
+                                            duplicates), encoding="utf-8")
     log.info("report: %s (accuracy %.4f on %d images of %s)", folder.report_file, result["accuracy"],
              result["images"], result["data"])
     return folder.report_file
@@ -187,8 +192,10 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}th{text-align:left;backg
 img{max-width:100%;border:1px solid #eee}code{font-size:90%}"""
 
 
-def html_page(result: dict, confusion: Path, misclassified: Path, curves: Path | None = None) -> str:
-    """One self-contained page: the tables of ``Evaluation.to_dict()`` and the pictures, embedded."""
+def html_page(result: dict, confusion: Path, misclassified: Path, curves: Path | None = None,
+              duplicates: list[dict] | None = None) -> str:
+    """One self-contained page: the tables of ``Evaluation.to_dict()`` and the pictures, embedded; and the
+    run's duplicate groups (rows of duplicates.csv) when given."""
     e = html.escape
     summary = [("images", result["images"]), ("accuracy", f"{result['accuracy']:.4f}"),
                (f"top-{result['top_k']} accuracy", f"{result['top_k_accuracy']:.4f}"),
@@ -214,8 +221,28 @@ def html_page(result: dict, confusion: Path, misclassified: Path, curves: Path |
              _image(misclassified, "worst mistakes"),
              _table(["file", "true", "predicted", "confidence"], mistakes) if mistakes else "",
              f"<h2>Skipped files ({len(skipped)})</h2>",
-             _table(["file", "reason"], skipped) if skipped else "<p>None.</p>", "</body></html>"]
+             _table(["file", "reason"], skipped) if skipped else "<p>None.</p>",
+             *(_duplicates_section(duplicates) if duplicates is not None else []), "</body></html>"]
     return "\n".join(parts) + "\n"
+
+
+def _duplicates_section(rows: list[dict]) -> list[str]:
+    """How many duplicate groups the run kept in one split, the images it moved and the groups whose
+    members carry different labels."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["group"], []).append(row)
+    moved = [row for row in rows if row["moved_from"]]
+    conflicts = [g for g in groups.values() if len({row["label"] for row in g}) > 1]
+    notable = [row for g in groups.values() if any(r["moved_from"] for r in g) or g in conflicts for row in g]
+    table = [[row["group"], row["path"], row["label"], row["split"], row["moved_from"]]
+             for row in notable[:SHOWN_DUPLICATES]]
+    return [f"<h2>Duplicates ({len(groups)} groups, {len(rows)} images)</h2>",
+            f"<p>Each group of copies of one photo was kept in one split: {len(moved)} image(s) moved, "
+            f"{sum(any(r['moved_from'] for r in g) for g in groups.values())} group(s) had spanned splits; "
+            f"{len(conflicts)} group(s) carry different labels (<code>tlkit data audit</code> shows them side by "
+            "side). Every group is in duplicates.csv.</p>",
+            _table(["group", "file", "label", "split", "moved from"], table) if table else ""]
 
 
 def _image(file: Path, description: str) -> str:
