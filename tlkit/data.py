@@ -201,27 +201,33 @@ class Grouping:
                 for g, group in enumerate(self.groups) for p, label, before, after in group]
 
 
+def group_splits(data: ImageData, groups: list[list[int]]) -> list[str]:
+    """The split of every image (positions in :meth:`ImageData.rows` order) once each group is moved into
+    the split of its first member by path: a step after the split function, whatever it decided."""
+    ids = [i for split in data.splits.values() for i in split.ids]
+    target = [name for name, split in data.splits.items() for _ in range(len(split))]
+    for members in groups:
+        first = min(members, key=lambda m: _path_key(ids[m]))
+        for m in members:
+            target[m] = target[first]
+    return target
+
+
 def keep_groups_together(data: ImageData, found: Duplicates, spec: Data, store: ArrayStore | None = None
                          ) -> ImageData:
-    """``data`` with every member of each of ``found.groups`` (positions in :meth:`ImageData.rows` order) in
-    the split of the group's first member by path, whatever the split function decided; the images of the
-    splits that change are gathered through ``store`` (RAM within its budget, else memory-mapped)."""
+    """``data`` with each of ``found.groups`` in one split (:func:`group_splits`); the images of the splits
+    that change are gathered through ``store`` (RAM within its budget, else memory-mapped)."""
     origins = [(name, i) for name, split in data.splits.items() for i in range(len(split))]
-    target = [name for name, _ in origins]
-    groups = []
-    for members in found.groups:
-        members = sorted(members, key=lambda m: _path_key(data.splits[origins[m][0]].ids[origins[m][1]]))
-        for m in members:
-            target[m] = target[members[0]]
-        groups.append([(data.splits[s].paths[i], data.class_names[data.splits[s].labels[i]], s, target[m])
-                       for m, (s, i) in ((m, origins[m]) for m in members)])
+    target = group_splits(data, found.groups)
+    groups = [[(data.splits[s].paths[i], data.class_names[data.splits[s].labels[i]], s, target[m])
+               for m, (s, i) in ((m, origins[m]) for m in members)] for members in found.groups]
     pairs = {kind: sum(p.kind == kind for p in found.pairs) for kind in ("exact", "near")}
     grouped = ImageData(**{**data.__dict__, "duplicates": Grouping(groups, pairs, spec.duplicates)})
     if target == [name for name, _ in origins]:
         return grouped
     layout = [m for name in data.splits for m, t in enumerate(target) if t == name]
-    ids = [data.splits[origins[m][0]].ids[origins[m][1]] for m in layout]
-    pixels = _gathered(data.rows(), layout, ids, data, store)
+    pixels = _gathered(data.rows(), layout, [data.splits[origins[m][0]].ids[origins[m][1]] for m in layout],
+                       data, store)
     grouped.splits, start = {}, 0
     for name in data.splits:
         members = [origins[m] for m in layout if target[m] == name]

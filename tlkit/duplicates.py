@@ -4,7 +4,7 @@ resized, cropped by up to about a tenth of a side, or brightened), grouped by co
 Near-duplicates are proposed by the base's pooled features (each image's nearest neighbours) and decided on
 the pixels, so distinct photos of one subject stay apart: the candidate is aligned to the other image (the
 crop and scale per axis that best match their row and column brightness profiles), then both are band-pass
-filtered at 64 px and correlated, in colour, leaving out clipped highlights. A copy keeps its fine detail
+filtered at 64 px and correlated (brightness), leaving out clipped highlights. A copy keeps its fine detail
 (correlation 0.95-1.0 for the edits above); another shot of the same scene does not (below 0.8 on the
 real folders measured: README, *Audit*); ``data.near_duplicate`` (default 0.9) is the line between.
 Everything here is NumPy on pixels and features already in memory.
@@ -48,6 +48,18 @@ class Duplicates:
         """Image position -> index of its group, for images in a group."""
         return {i: g for g, members in enumerate(self.groups) for i in members}
 
+    def group_ids(self, n: int) -> np.ndarray:
+        """For ``n`` images: each one's group index, or an id of its own for images in no group."""
+        ids = np.arange(n) + len(self.groups)
+        for g, members in enumerate(self.groups):
+            ids[members] = g
+        return ids
+
+    def of_kind(self, kind: str) -> Duplicates:
+        """The pairs of one kind and the groups they alone join."""
+        pairs = [p for p in self.pairs if p.kind == kind]
+        return Duplicates(pairs, _components(max((p.b for p in pairs), default=0) + 1, pairs))
+
 
 class Rows:
     """Images held in several arrays (a dataset's splits) seen as one sequence of ``(size, size, 3)`` rows."""
@@ -72,11 +84,18 @@ class Rows:
 
 # === Features: neighbours ===
 
-def embed(features: np.ndarray, dims: int = EMBED_DIMS) -> np.ndarray:
-    """Features as unit vectors on their top ``dims`` principal axes (of the unit-normalised, centred
-    features): cosine neighbours at a fraction of the cost, and a better input for linear probes."""
+def unit_rows(features: np.ndarray) -> np.ndarray:
+    """Pooled features as unit vectors after a signed square root (power normalisation: a few strong
+    activations no longer drown the rest), the form every comparison here uses."""
     x = features.reshape(len(features), -1).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True) + 1e-12
+    x = np.sign(x) * np.sqrt(np.abs(x))
+    return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
+
+
+def embed(features: np.ndarray, dims: int = EMBED_DIMS) -> np.ndarray:
+    """Features as unit vectors on the top ``dims`` principal axes of their centred :func:`unit_rows`:
+    cosine neighbours at a fraction of the cost, and a better input for linear probes."""
+    x = unit_rows(features)
     x -= x.mean(axis=0)
     if min(x.shape) > dims:
         _, vectors = np.linalg.eigh(x.T @ x)
@@ -174,7 +193,8 @@ class _Checker:
 
     def detail(self, a: int, b: int, crop_index: np.ndarray) -> float:
         """How well the aligned crop of image ``a`` reproduces the fine detail of image ``b``: the correlation
-        of their band-passed colour thumbnails, clipped highlights left out."""
+        of their band-passed brightness thumbnails (JPEG keeps brightness detail and halves colour detail),
+        clipped highlights left out."""
         gray, target = self.rows[a].astype(np.float32) @ _GRAY, self.profiles[b]
         y, x = self.coarse[crop_index[0]], self.coarse[crop_index[1]]
         columns = slice(int(x[0] * self.length), int(round((x[0] + x[1]) * self.length)))
@@ -186,8 +206,9 @@ class _Checker:
         keep = (self.spread @ clipped @ self.spread.T) < 0.05
         if keep.mean() < 0.25:  # mostly clipped: compare everything rather than almost nothing
             keep[:] = True
-        da, db = (self.band @ pa @ self.band.T)[:, keep], (self.band @ pb @ self.band.T)[:, keep]
-        return float(_centred_unit(da.ravel()) @ _centred_unit(db.ravel()))
+        da, db = (self.band @ (_GRAY @ pa.reshape(3, -1)).reshape(pa.shape[1:]) @ self.band.T)[keep], \
+            (self.band @ (_GRAY @ pb.reshape(3, -1)).reshape(pb.shape[1:]) @ self.band.T)[keep]
+        return float(_centred_unit(da) @ _centred_unit(db))
 
     def _thumbnail(self, i: int, y, x) -> np.ndarray:
         """Image ``i`` cropped to rows ``y`` and columns ``x`` (``(offset, width)``), as ``(3, size, size)``."""

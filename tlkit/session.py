@@ -53,15 +53,17 @@ class Session:
         return Trainer(self.classifier, recipe or self.recipe, self.data, self.features, self.fingerprint,
                        self.placement, checkpoints, log_dir)
 
+    def pooled_features(self) -> np.ndarray:
+        """Every image's base output, average-pooled, in ``data.rows()`` order: the head stage's cache when
+        its head average-pools (see :meth:`Trainer.pooled_features`)."""
+        return self.trainer().pooled_features()[np.concatenate(list(self.data.catalogue()[1].values()))]
+
     def find_duplicates(self, near: bool) -> Duplicates:
         """Exact duplicates of the data's images (positions in ``data.rows()``) and, with ``near``,
-        near-duplicates, found on the pooled features the head stage caches (training reuses them)."""
+        near-duplicates, found on :meth:`pooled_features` (training reuses them)."""
         from threadpoolctl import threadpool_limits
 
-        features = None
-        if near:
-            pooled = self.trainer().pooled_features()
-            features = pooled[np.concatenate(list(self.data.catalogue()[1].values()))]  # in rows() order
+        features = self.pooled_features() if near else None
         with threadpool_limits(1):  # many small products: one thread is faster, and leaves TensorFlow alone
             return find_duplicates(self.data.rows(), self.recipe.data.near_duplicate, features)
 

@@ -148,30 +148,40 @@ def list_split_folders(root: Path, split_dirs: dict[str, Path]) -> Listing:
 
 # === CSV ===
 
+CSV_ACTIONS = ("keep", "drop", "relabel")
+
+
 def list_csv(file: Path) -> Listing:
-    """Rows of ``path,label`` (optionally ``split``), header optional; paths relative to the CSV's folder."""
+    """Rows of ``path,label`` (optionally ``split``, and ``action`` with ``suggested_label`` as `tlkit data
+    audit` writes them), header optional; paths relative to the CSV's folder. ``action`` is ``keep`` (or
+    empty), ``drop`` (the row is skipped, and listed) or ``relabel`` (the image takes ``suggested_label``)."""
     with open(file, newline="", encoding="utf-8-sig") as f:
         rows = [(n, [cell.strip() for cell in row]) for n, row in enumerate(csv.reader(f), 1) if any(row)]
     if not rows:
         raise TlkitError(f"{file} is empty; write one `path,label` row per image")
     header = [cell.lower() for cell in rows[0][1]]
     if "path" in header and "label" in header:
-        columns = {name: header.index(name) for name in ("path", "label", "split") if name in header}
+        columns = {name: header.index(name) for name in ("path", "label", "split", "action", "suggested_label")
+                   if name in header}
         rows = rows[1:]
     else:
         columns = {"path": 0, "label": 1}
     width = max(columns.values()) + 1
     entries, seen, skipped = [], {}, []
-    for line, row in rows:
-        if len(row) < width or not row[columns["path"]] or not row[columns["label"]]:
+    for line, cells in rows:
+        row = cells + [""] * (width - len(cells))  # trailing empty cells may be left out
+        if not row[columns["path"]] or not row[columns["label"]]:
             raise TlkitError(f"{file} line {line}: expected {','.join(columns)} with a path and a label; "
-                             f"found {','.join(row)!r}")
-        name, label = row[columns["path"]], row[columns["label"]]
+                             f"found {','.join(cells)!r}")
+        name, label = row[columns["path"]], _csv_label(file, line, row, columns)
         split = row[columns["split"]].lower() if "split" in columns and row[columns["split"]] else None
         if split is not None and split not in SPLIT_NAMES:
             raise TlkitError(f"{file} line {line}: split must be train, val, validation or test; found {split!r}")
         path = Path(name).expanduser()
         path = path if path.is_absolute() else file.parent / path
+        if label is None:
+            skipped.append((path, f"action=drop in {file.name} (line {line})"))
+            continue
         if name in seen:
             first_line, first_label = seen[name]
             if first_label != label:
@@ -190,6 +200,22 @@ def list_csv(file: Path) -> Listing:
     labels = {name: i for i, name in enumerate(class_names)}
     items = [Item(path, labels[label], key, split) for path, label, key, split in entries]
     return Listing(str(file), "csv", file.parent, class_names, items, skipped)
+
+
+def _csv_label(file: Path, line: int, row: list[str], columns: dict[str, int]) -> str | None:
+    """The label a CSV row gives its image after its ``action``; None when the row is dropped."""
+    action = row[columns["action"]].lower() if "action" in columns else ""
+    if action not in ("",) + CSV_ACTIONS:
+        raise TlkitError(f"{file} line {line}: action must be keep, drop or relabel (or empty); found {action!r}")
+    if action == "drop":
+        return None
+    if action == "relabel":
+        suggested = row[columns["suggested_label"]] if "suggested_label" in columns else ""
+        if not suggested:
+            raise TlkitError(f"{file} line {line}: action=relabel needs the new label in the suggested_label "
+                             "column; fill it in or set the action to keep")
+        return suggested
+    return row[columns["label"]]
 
 
 # === TensorFlow Datasets ===

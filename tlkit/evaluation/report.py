@@ -186,7 +186,7 @@ def text_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-_STYLE = """body{font:15px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+STYLE = """body{font:15px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{padding:.25em .7em;border-bottom:1px solid #ddd}
 td.n{text-align:right;font-variant-numeric:tabular-nums}th{text-align:left;background:#f4f4f4}
 img{max-width:100%;border:1px solid #eee}code{font-size:90%}"""
@@ -209,19 +209,19 @@ def html_page(result: dict, confusion: Path, misclassified: Path, curves: Path |
                 for m in result["misclassified"][:SHOWN_MISTAKES]]
     skipped = [[s["path"], s["reason"]] for s in result["skipped"]]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>tlkit evaluation: {e(result['model'])}"
-             f"</title><style>{_STYLE}</style></head><body>",
+             f"</title><style>{STYLE}</style></head><body>",
              f"<h1>Evaluation</h1><p>Model <code>{e(result['model'])}</code> on <code>{e(result['data'])}</code>: "
              f"{result['images']} images, {len(result['classes'])} classes.</p>",
-             "<h2>Summary</h2>", _table(["figure", "value"], summary),
-             "<h2>Per class</h2>", _table(["class", "precision", "recall", "f1", "support"], per_class),
+             "<h2>Summary</h2>", html_table(["figure", "value"], summary),
+             "<h2>Per class</h2>", html_table(["class", "precision", "recall", "f1", "support"], per_class),
              "<h2>Confusion matrix</h2>", _image(confusion, "confusion matrix"),
-             "<p>Rows: true class; columns: predicted class.</p>", _table(["", *result["classes"]], confusion_rows),
+             "<p>Rows: true class; columns: predicted class.</p>", html_table(["", *result["classes"]], confusion_rows),
              *(["<h2>Training curves</h2>", _image(curves, "training curves")] if curves else []),
              f"<h2>Misclassified ({len(result['misclassified'])}, worst first)</h2>",
              _image(misclassified, "worst mistakes"),
-             _table(["file", "true", "predicted", "confidence"], mistakes) if mistakes else "",
+             html_table(["file", "true", "predicted", "confidence"], mistakes) if mistakes else "",
              f"<h2>Skipped files ({len(skipped)})</h2>",
-             _table(["file", "reason"], skipped) if skipped else "<p>None.</p>",
+             html_table(["file", "reason"], skipped) if skipped else "<p>None.</p>",
              *(_duplicates_section(duplicates) if duplicates is not None else []), "</body></html>"]
     return "\n".join(parts) + "\n"
 
@@ -242,7 +242,7 @@ def _duplicates_section(rows: list[dict]) -> list[str]:
             f"{sum(any(r['moved_from'] for r in g) for g in groups.values())} group(s) had spanned splits; "
             f"{len(conflicts)} group(s) carry different labels (<code>tlkit data audit</code> shows them side by "
             "side). Every group is in duplicates.csv.</p>",
-            _table(["group", "file", "label", "split", "moved from"], table) if table else ""]
+            html_table(["group", "file", "label", "split", "moved from"], table) if table else ""]
 
 
 def _image(file: Path, description: str) -> str:
@@ -250,7 +250,8 @@ def _image(file: Path, description: str) -> str:
     return f"<img alt='{description}' src='data:image/png;base64,{data}'>"
 
 
-def _table(header: list, rows: list[list]) -> str:
+def html_table(header: list, rows: list[list]) -> str:
+    """An HTML table; numbers right-aligned, text escaped."""
     def cell(value):
         number = isinstance(value, (int, float)) or value.replace(".", "", 1).isdigit()
         return f"<td class='n'>{value}</td>" if number else f"<td>{html.escape(str(value))}</td>"
