@@ -98,7 +98,8 @@ def embed(features: np.ndarray, dims: int = EMBED_DIMS) -> np.ndarray:
     x = unit_rows(features)
     x -= x.mean(axis=0)
     if min(x.shape) > dims:
-        _, vectors = np.linalg.eigh(x.T @ x)
+        sample = x[::max(1, len(x) // 2048)]  # the axes of a couple of thousand images are the axes of all
+        _, vectors = np.linalg.eigh(sample.T @ sample)
         x = x @ vectors[:, ::-1][:, :dims]
     return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
 
@@ -195,25 +196,28 @@ class _Checker:
         """How well the aligned crop of image ``a`` reproduces the fine detail of image ``b``: the correlation
         of their band-passed brightness thumbnails (JPEG keeps brightness detail and halves colour detail),
         clipped highlights left out."""
-        gray, target = self.rows[a].astype(np.float32) @ _GRAY, self.profiles[b]
+        planes, target = self._planes(a), self.profiles[b]
         y, x = self.coarse[crop_index[0]], self.coarse[crop_index[1]]
         columns = slice(int(x[0] * self.length), int(round((x[0] + x[1]) * self.length)))
-        y = self._refine(gray[:, columns].mean(axis=1), target[0], y)  # rows, over the columns the crop keeps
+        y = self._refine(planes[0][:, columns].mean(axis=1), target[0], y)  # rows, over the columns kept
         lines = slice(int(y[0] * self.length), int(round((y[0] + y[1]) * self.length)))
-        x = self._refine(gray[lines].mean(axis=0), target[1], x)
-        pa, pb = self._thumbnail(a, y, x), self._thumbnail(b, (0.0, 1.0), (0.0, 1.0))
-        clipped = ((pa.max(axis=0) >= CLIPPED) | (pb.max(axis=0) >= CLIPPED)).astype(np.float32)
+        x = self._refine(planes[0][lines].mean(axis=0), target[1], x)
+        pa, pb = self._thumbnail(planes, y, x), self._thumbnail(self._planes(b), (0.0, 1.0), (0.0, 1.0))
+        clipped = ((pa[1] >= CLIPPED) | (pb[1] >= CLIPPED)).astype(np.float32)
         keep = (self.spread @ clipped @ self.spread.T) < 0.05
         if keep.mean() < 0.25:  # mostly clipped: compare everything rather than almost nothing
             keep[:] = True
-        da, db = (self.band @ (_GRAY @ pa.reshape(3, -1)).reshape(pa.shape[1:]) @ self.band.T)[keep], \
-            (self.band @ (_GRAY @ pb.reshape(3, -1)).reshape(pb.shape[1:]) @ self.band.T)[keep]
+        da, db = (self.band @ pa[0] @ self.band.T)[keep], (self.band @ pb[0] @ self.band.T)[keep]
         return float(_centred_unit(da) @ _centred_unit(db))
 
-    def _thumbnail(self, i: int, y, x) -> np.ndarray:
-        """Image ``i`` cropped to rows ``y`` and columns ``x`` (``(offset, width)``), as ``(3, size, size)``."""
-        channels = np.moveaxis(self.rows[i].astype(np.float32), -1, 0)  # 3, height, width
-        columns = _bin_means(channels, x[0], x[1], self.size)[:, :, 0]  # 3, height, size
+    def _planes(self, i: int) -> np.ndarray:
+        """Image ``i`` as brightness and its brightest channel (where clipping shows): ``(2, height, width)``."""
+        pixels = self.rows[i].astype(np.float32)
+        return np.stack([pixels @ _GRAY, pixels.max(axis=-1)])
+
+    def _thumbnail(self, planes: np.ndarray, y, x) -> np.ndarray:
+        """``planes`` cropped to rows ``y`` and columns ``x`` (``(offset, width)`` each), ``size`` x ``size``."""
+        columns = _bin_means(planes, x[0], x[1], self.size)[:, :, 0]  # planes, height, size
         return np.swapaxes(_bin_means(np.swapaxes(columns, 1, 2), y[0], y[1], self.size)[:, :, 0], 1, 2)
 
 
