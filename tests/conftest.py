@@ -73,5 +73,11 @@ def flowers_small(shared, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def catsdogs(shared):
+    """Real full-size photos: train/{cats,dogs} 500 each, test/{cats,dogs} 250 each."""
+    return shared / "data" / "catsdogs"
+
+
+@pytest.fixture(scope="session")
 def shapes():
     return REPO / "data" / "shapes"

@@ -4,12 +4,14 @@ listed by :mod:`tlkit.sources` and decoded by :mod:`tlkit.images`."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from tlkit.duplicates import Duplicates, Rows
 from tlkit.errors import TlkitError
 from tlkit.images import DECODER_VERSION, decode_failure, decode_stream
 from tlkit.recipe import Data
@@ -50,6 +52,7 @@ class ImageData:
     warnings: list[str] = field(default_factory=list)
     class_weight: dict[str, float] | None = None  # by class name; None: unweighted
     decoded: dict | None = None  # the decoded-image cache: computed or reused, held in RAM or on disk
+    duplicates: Grouping | None = None  # duplicate groups and what keeping them in one split moved
 
     def counts(self) -> dict[str, int]:
         return {name: len(split) for name, split in self.splits.items()}
@@ -72,11 +75,27 @@ class ImageData:
                 "files": used + len(self.skipped), "used": used, "skipped": len(self.skipped),
                 "counts": self.counts(), "class_counts": self.class_counts(),
                 "imbalance_ratio": imbalance_ratio(self.class_counts()["train"]), "class_weight": self.class_weight,
-                "decoded_images": self.decoded, "warnings": self.warnings}
+                "decoded_images": self.decoded, "duplicates": self.duplicates and self.duplicates.summary(),
+                "warnings": self.warnings}
 
     def fingerprint(self) -> dict:
         """The identity of every image per split: cached features depend on it."""
         return {"root": str(self.root.resolve()), "files": {name: split.ids for name, split in self.splits.items()}}
+
+    def rows(self) -> Rows:
+        """Every image's pixels, split by split (SPLITS order): the positions duplicate search reports."""
+        return Rows([split.images for split in self.splits.values()])
+
+    def catalogue(self) -> tuple[list, dict[str, np.ndarray]]:
+        """Every image's identity in an order no split decides (sorted), and each split's rows in it: features
+        cached in this order serve any split of the same images."""
+        ids = [i for split in self.splits.values() for i in split.ids]
+        order = sorted(range(len(ids)), key=lambda k: json.dumps(ids[k], default=str))
+        rank = np.empty(len(ids), np.int64)
+        rank[order] = np.arange(len(ids))
+        starts = np.cumsum([0] + [len(split) for split in self.splits.values()])
+        return [ids[k] for k in order], {name: rank[starts[i]:starts[i + 1]]
+                                         for i, name in enumerate(self.splits)}
 
 
 # === Splits ===
@@ -159,6 +178,98 @@ def _decoded(listing: Listing, by_split: dict[str, list[Item]], ids: list, size:
     return entry.arrays[0], failures, {k: event[k] for k in ("event", "bytes", "where", "folder")}
 
 
+# === Duplicates: one split per group ===
+
+@dataclass
+class Grouping:
+    """Duplicate groups of a dataset and what keeping each in one split did. Members are ``(image, label,
+    split before, split after)``; a group's split is its first member's (by path), so no photo sits in two."""
+
+    groups: list[list[tuple[Path | str, str, str, str]]]
+    pairs: dict[str, int]  # pairs found by kind: exact, near
+    method: str  # data.duplicates: near or exact
+
+    def summary(self) -> dict:
+        """Counts, every moved image and every group whose members carry different labels (JSON-ready)."""
+        moved = [{"path": str(p), "from": a, "to": b} for group in self.groups for p, _, a, b in group if a != b]
+        conflicts = [{"paths": [str(p) for p, *_ in group], "labels": [label for _, label, *_ in group]}
+                     for group in self.groups if len({label for _, label, *_ in group}) > 1]
+        return {"method": self.method, "groups": len(self.groups), "images": sum(map(len, self.groups)),
+                "pairs": self.pairs, "merged": sum(len({m[2] for m in group}) > 1 for group in self.groups),
+                "moved": moved, "conflicts": conflicts}
+
+    def rows(self) -> list[dict]:
+        """One row per member: what the run folder's duplicates.csv holds."""
+        return [{"group": g + 1, "path": str(p), "label": label, "split": after,
+                 "moved_from": before if before != after else ""}
+                for g, group in enumerate(self.groups) for p, label, before, after in group]
+
+
+def group_splits(data: ImageData, groups: list[list[int]]) -> list[str]:
+    """The split of every image (positions in :meth:`ImageData.rows` order) once each group is moved into
+    the split of its first member by path: a step after the split function, whatever it decided."""
+    ids = [i for split in data.splits.values() for i in split.ids]
+    target = [name for name, split in data.splits.items() for _ in range(len(split))]
+    for members in groups:
+        first = min(members, key=lambda m: _path_key(ids[m]))
+        for m in members:
+            target[m] = target[first]
+    return target
+
+
+def keep_groups_together(data: ImageData, found: Duplicates, spec: Data, store: ArrayStore | None = None
+                         ) -> ImageData:
+    """``data`` with each of ``found.groups`` in one split (:func:`group_splits`); the images of the splits
+    that change are gathered through ``store`` (RAM within its budget, else memory-mapped)."""
+    origins = [(name, i) for name, split in data.splits.items() for i in range(len(split))]
+    target = group_splits(data, found.groups)
+    groups = [[(data.splits[s].paths[i], data.class_names[data.splits[s].labels[i]], s, target[m])
+               for m, (s, i) in ((m, origins[m]) for m in members)] for members in found.groups]
+    pairs = {kind: sum(p.kind == kind for p in found.pairs) for kind in ("exact", "near")}
+    grouped = ImageData(**{**data.__dict__, "duplicates": Grouping(groups, pairs, spec.duplicates)})
+    if target == [name for name, _ in origins]:
+        return grouped
+    layout = [m for name in data.splits for m, t in enumerate(target) if t == name]
+    pixels = _gathered(data.rows(), layout, [data.splits[origins[m][0]].ids[origins[m][1]] for m in layout],
+                       data, store)
+    grouped.splits, start = {}, 0
+    for name in data.splits:
+        members = [origins[m] for m in layout if target[m] == name]
+        grouped.splits[name] = Split([data.splits[s].paths[i] for s, i in members],
+                                     np.array([data.splits[s].labels[i] for s, i in members], np.int32),
+                                     pixels[start:start + len(members)], [data.splits[s].ids[i] for s, i in members])
+        start += len(members)
+    source_warnings = [w for w in data.warnings if w not in _check(data, spec)]  # the listing's (CSV, ...)
+    grouped.warnings = source_warnings + _check(grouped, spec)
+    grouped.class_weight = class_weights(spec.class_weight, data.class_names, grouped.splits["train"].labels)
+    return grouped
+
+
+def _path_key(identity) -> str:
+    """The stable name of an image: its path inside the data root (or its TFDS id)."""
+    return identity[0] if isinstance(identity, list) else str(identity)
+
+
+def _gathered(rows: Rows, positions: list[int], ids: list, data: ImageData, store: ArrayStore | None) -> np.ndarray:
+    """The images at ``positions`` as one array, in that order: the decoded-image cache entry of this layout."""
+    shape = (len(positions), *rows[0].shape)
+    if store is None:
+        return np.stack([rows[m] for m in positions]) if positions else np.empty(shape, np.uint8)
+
+    def compute(folder):
+        out = np.lib.format.open_memmap(folder / "0.npy", "w+", np.uint8, shape)
+        for k, m in enumerate(positions):
+            out[k] = rows[m]
+        out.flush()
+        return {"failures": {}}
+
+    entry = store.load_or_compute({"decoded images": DECODER_VERSION, "size": shape[1],
+                                   "root": str(data.root.resolve()), "items": ids},
+                                  f"decoded images, {shape[1]} px, of {data.source} (duplicates kept together)",
+                                  compute, kind="images")
+    return entry.arrays[0]
+
+
 # === Checks and weights ===
 
 def imbalance_ratio(counts: dict[str, int]) -> float | None:
@@ -232,8 +343,8 @@ def load_data(source: str | Path | Listing, size: int, spec: Data | None = None,
         start += len(by_split[name])
     skipped = listing.skipped + [(order[p].origin, reason) for p, reason in failures.items()]
     data = ImageData(listing.root, names, splits, sorted(skipped, key=lambda s: str(s[0])), str(source), listing.kind,
-                     list(listing.warnings), decoded=decoded)
-    _check(data, spec)
+                     decoded=decoded)
+    data.warnings = list(listing.warnings) + _check(data, spec)
     data.class_weight = class_weights(spec.class_weight, names, splits["train"].labels)
     _log_summary(data)
     return data
@@ -257,11 +368,12 @@ def _gigabytes(nbytes: int) -> str:
     return f"{nbytes / 2**30:,.1f} GB"
 
 
-def _check(data: ImageData, spec: Data) -> None:
-    """Errors for splits or classes without usable images; warnings for small or unvalidated classes."""
+def _check(data: ImageData, spec: Data) -> list[str]:
+    """Errors for splits or classes without usable images; the warnings for small or unvalidated classes."""
     for name, split in data.splits.items():
         if not len(split):
-            raise TlkitError(f"no usable images in the {name} split of {data.source}; {len(data.skipped)} "
+            grouped = " after duplicates were kept together (data.duplicates)" if data.duplicates else ""
+            raise TlkitError(f"no usable images in the {name} split of {data.source}{grouped}; {len(data.skipped)} "
                              "file(s) were skipped (`tlkit data inspect` lists them with reasons)")
     counts = data.class_counts()
     untrained = [c for c, n in counts["train"].items() if n == 0]
@@ -269,11 +381,12 @@ def _check(data: ImageData, spec: Data) -> None:
         raise TlkitError(f"class(es) without usable training images in {data.source}: {', '.join(untrained)} "
                          "(add images to them, or remove them)")
     totals = {c: sum(counts[s][c] for s in counts) for c in data.class_names}
-    data.warnings += class_warnings(totals, spec.min_per_class)
+    warnings = class_warnings(totals, spec.min_per_class)
     unjudged = [c for c, n in counts["val"].items() if n == 0]
     if unjudged:
-        data.warnings.append(f"class(es) without validation images: {', '.join(unjudged)}; validation "
-                             "accuracy says nothing about them (add images or raise data.val_fraction)")
+        warnings.append(f"class(es) without validation images: {', '.join(unjudged)}; validation "
+                        "accuracy says nothing about them (add images or raise data.val_fraction)")
+    return warnings
 
 
 def _log_summary(data: ImageData) -> None:

@@ -87,6 +87,10 @@ class Data(_Spec):
     label_column: Optional[str] = None  # the label column (None: recognised by name, or the one other column)
     image_dir: Optional[str] = None  # the folder paths and ids are relative to (None: the CSV's folder)
     suffix: str = ""  # appended to every path or id that does not end with it, e.g. ".jpg" for Kaggle-style ids
+    # duplicate photos are kept in one split (each group in the split of its first member): near (exact
+    # copies and near-duplicates), exact (identical decoded pixels only) or ignore
+    duplicates: Literal["near", "exact", "ignore"] = "near"
+    near_duplicate: float = Field(0.9, gt=0.0, le=1.0)  # aligned detail correlation that makes two images one photo
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self):

@@ -28,7 +28,8 @@ _HELD: set[Path] = set()  # run folders whose lock this process holds
 
 
 class RunFolder:
-    """Files of one run: recipe, classes, split, skipped files, history, metrics, model, exports, report."""
+    """Files of one run: recipe, classes, split, skipped files, duplicates, history, metrics, model, exports,
+    report."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -36,6 +37,7 @@ class RunFolder:
         self.classes_file = self.path / "classes.json"
         self.split_file = self.path / "split.csv"
         self.skipped_file = self.path / "skipped.csv"
+        self.duplicates_file = self.path / "duplicates.csv"  # duplicate groups and the split each went to
         self.history_file = self.path / "history.csv"
         self.metrics_file = self.path / "metrics.json"
         self.run_file = self.path / "run.json"

@@ -129,13 +129,17 @@ def _finish(session: Session, folder: RunFolder, checkpoints: Checkpoints, resum
 
 
 def _write_data_record(folder: RunFolder, images: ImageData) -> None:
-    """classes.json, split.csv (which file went where) and skipped.csv (what was not used, and why)."""
+    """classes.json, split.csv (which file went where), skipped.csv (what was not used, and why) and
+    duplicates.csv (each duplicate group's members and the split they share)."""
     folder.write_json(folder.classes_file, images.class_names)
     folder.write_csv(folder.split_file, [
         {"path": str(p), "label": images.class_names[lab], "split": name}
         for name, split in images.splits.items() for p, lab in zip(split.paths, split.labels)])
     folder.write_csv(folder.skipped_file, [{"path": str(p), "reason": r} for p, r in images.skipped],
                      ["path", "reason"])
+    if images.duplicates:
+        folder.write_csv(folder.duplicates_file, images.duplicates.rows(),
+                         ["group", "path", "label", "split", "moved_from"])
 
 
 def _train(session: Session, folder: RunFolder, checkpoints: Checkpoints, resume: dict | None) -> Training:

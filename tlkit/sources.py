@@ -174,6 +174,7 @@ PATH_COLUMNS = ("path", "file", "filename", "file_name", "filepath", "file_path"
 LABEL_COLUMNS = ("label", "class", "class_name", "category", "target")
 DELIMITERS = ",;\t|"
 MOSTLY_MISSING = 0.5  # more rows than this fraction naming files that do not exist: a loud warning
+CSV_ACTIONS = ("keep", "drop", "relabel")  # the `action` column `tlkit data audit` writes
 
 
 def _read_rows(file: Path) -> list[tuple[int, list[str]]]:
@@ -213,8 +214,9 @@ def _columns(file: Path, header: list[str], spec: Data, rows) -> tuple[dict[str,
         name = (given.get(role) or next((n for n in known if n in names), "")).lower()
         if name:
             columns[role] = names.index(name)
-    if "split" in names:
-        columns["split"] = names.index("split")
+    for optional in ("split", "action", "suggested_label"):
+        if optional in names:
+            columns[optional] = names.index(optional)
     others = [i for i in range(len(names)) if i not in columns.values()]
     for role in ("path", "label"):
         if role not in columns:
@@ -252,7 +254,9 @@ def _image_path(file: Path, name: str, spec: Data) -> Path:
 def list_csv(file: Path, spec: Data | None = None) -> Listing:
     """Rows of a path (or id) and a label, optionally a split, header recognised by name (or optional for
     ``path,label``); paths relative to ``spec.image_dir`` or the CSV's folder. Rows naming missing files are
-    skipped and counted; when most are missing, a warning says so."""
+    skipped and counted; when most are missing, a warning says so. An ``action`` column (with
+    ``suggested_label``, as `tlkit data audit` writes them) is ``keep`` (or empty), ``drop`` (the row is skipped,
+    and listed) or ``relabel`` (the image takes ``suggested_label``)."""
     spec = spec or Data()
     rows = _read_rows(file)
     if not rows:
@@ -262,15 +266,19 @@ def list_csv(file: Path, spec: Data | None = None) -> Listing:
         rows = rows[1:]
     width = max(columns.values()) + 1
     entries, seen, skipped, missing = [], {}, [], 0
-    for line, row in rows:
-        if len(row) < width or not row[columns["path"]] or not row[columns["label"]]:
+    for line, cells in rows:
+        row = cells + [""] * (width - len(cells))  # trailing empty cells may be left out
+        if not row[columns["path"]] or not row[columns["label"]]:
             raise TlkitError(f"{file} line {line}: expected {','.join(columns)} with a path and a label; "
-                             f"found {','.join(row)!r}")
-        name, label = row[columns["path"]], row[columns["label"]]
+                             f"found {','.join(cells)!r}")
+        name, label = row[columns["path"]], _csv_label(file, line, row, columns)
         split = row[columns["split"]].lower() if "split" in columns and row[columns["split"]] else None
         if split is not None and split not in SPLIT_NAMES:
             raise TlkitError(f"{file} line {line}: split must be train, val, validation or test; found {split!r}")
         path = _image_path(file, name, spec)
+        if label is None:
+            skipped.append((path, f"action=drop in {file.name} (line {line})"))
+            continue
         if name in seen:
             first_line, first_label = seen[name]
             if first_label != label:
@@ -300,6 +308,22 @@ def list_csv(file: Path, spec: Data | None = None) -> Listing:
     labels = {name: i for i, name in enumerate(class_names)}
     items = [Item(path, labels[label], key, split) for path, label, key, split in entries]
     return Listing(str(file), "csv", folder, class_names, items, skipped, warnings)
+
+
+def _csv_label(file: Path, line: int, row: list[str], columns: dict[str, int]) -> str | None:
+    """The label a CSV row gives its image after its ``action``; None when the row is dropped."""
+    action = row[columns["action"]].lower() if "action" in columns else ""
+    if action not in ("",) + CSV_ACTIONS:
+        raise TlkitError(f"{file} line {line}: action must be keep, drop or relabel (or empty); found {action!r}")
+    if action == "drop":
+        return None
+    if action == "relabel":
+        suggested = row[columns["suggested_label"]] if "suggested_label" in columns else ""
+        if not suggested:
+            raise TlkitError(f"{file} line {line}: action=relabel needs the new label in the suggested_label "
+                             "column; fill it in or set the action to keep")
+        return suggested
+    return row[columns["label"]]
 
 
 # === TensorFlow Datasets ===

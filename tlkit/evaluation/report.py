@@ -20,12 +20,14 @@ from tlkit.training.stage import stage_title
 log = logging.getLogger(__name__)
 
 SHOWN_MISTAKES = 24  # images on the contact sheet and rows on the page
+SHOWN_DUPLICATES = 60  # rows of moved or conflicting duplicates on the page (duplicates.csv has all)
 LISTED_MISTAKES = 10  # lines in the terminal
 
 
 def write_report(evaluation: Evaluation, out: str | Path) -> Path:
     """Write evaluation.json, confusion_matrix.png, misclassified.png, training_curves.png (when the model
-    came from a run) and report.html into ``out``; return the page's path."""
+    came from a run) and report.html (with the run's duplicate groups, when it kept any together) into
+    ``out``; return the page's path."""
     folder = RunFolder(out)
     folder.path.mkdir(parents=True, exist_ok=True)
     result = evaluation.to_dict()
@@ -36,7 +38,11 @@ def write_report(evaluation: Evaluation, out: str | Path) -> Path:
     if evaluation.run and evaluation.run.history_file.is_file():
         curves = folder.curves_file
         training_curves(RunFolder.read_csv(evaluation.run.history_file), curves)
-    folder.report_file.write_text(html_page(result, folder.confusion_file, folder.misclassified_file, curves),
+    duplicates = None
+    if evaluation.run and evaluation.run.duplicates_file.is_file():
+        duplicates = RunFolder.read_csv(evaluation.run.duplicates_file)
+    folder.report_file.write_text(html_page(result, folder.confusion_file, folder.misclassified_file, curves,
+                                            duplicates),
                                   encoding="utf-8", errors="backslashreplace")  # file names that are not UTF-8
     log.info("report: %s (accuracy %.4f on %d images of %s)", folder.report_file, result["accuracy"],
              result["images"], result["data"])
@@ -183,15 +189,17 @@ def text_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-_STYLE = """body{font:15px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+STYLE = """body{font:15px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{padding:.25em .7em;border-bottom:1px solid #ddd}
 td.n{text-align:right;font-variant-numeric:tabular-nums}th{text-align:left;background:#f4f4f4}
 img{max-width:100%;border:1px solid #eee}code{font-size:90%}
 .banner{background:#fff3cd;border:2px solid #e0a800;padding:.7em 1em;font-weight:600}"""
 
 
-def html_page(result: dict, confusion: Path, misclassified: Path, curves: Path | None = None) -> str:
-    """One self-contained page: the tables of ``Evaluation.to_dict()`` and the pictures, embedded."""
+def html_page(result: dict, confusion: Path, misclassified: Path, curves: Path | None = None,
+              duplicates: list[dict] | None = None) -> str:
+    """One self-contained page: the tables of ``Evaluation.to_dict()`` and the pictures, embedded; and the
+    run's duplicate groups (rows of duplicates.csv) when given."""
     e = html.escape
     summary = [("images", result["images"]), ("accuracy", f"{result['accuracy']:.4f}"),
                (f"top-{result['top_k']} accuracy", f"{result['top_k_accuracy']:.4f}"),
@@ -205,23 +213,43 @@ def html_page(result: dict, confusion: Path, misclassified: Path, curves: Path |
                 for m in result["misclassified"][:SHOWN_MISTAKES]]
     skipped = [[s["path"], s["reason"]] for s in result["skipped"]]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>tlkit evaluation: {e(result['model'])}"
-             f"</title><style>{_STYLE}</style></head><body>",
+             f"</title><style>{STYLE}</style></head><body>",
              f"<p class='banner' id='random-init'>RANDOM INIT, {e(result['random_init'])}. Expect less than a "
              "pretrained base gives; with the ImageNet weights file (--weights-dir) the run starts from them.</p>"
              if result.get("random_init") else "",
              f"<h1>Evaluation</h1><p>Model <code>{e(result['model'])}</code> on <code>{e(result['data'])}</code>: "
              f"{result['images']} images, {len(result['classes'])} classes.</p>",
-             "<h2>Summary</h2>", _table(["figure", "value"], summary),
-             "<h2>Per class</h2>", _table(["class", "precision", "recall", "f1", "support"], per_class),
+             "<h2>Summary</h2>", html_table(["figure", "value"], summary),
+             "<h2>Per class</h2>", html_table(["class", "precision", "recall", "f1", "support"], per_class),
              "<h2>Confusion matrix</h2>", _image(confusion, "confusion matrix"),
-             "<p>Rows: true class; columns: predicted class.</p>", _table(["", *result["classes"]], confusion_rows),
+             "<p>Rows: true class; columns: predicted class.</p>", html_table(["", *result["classes"]], confusion_rows),
              *(["<h2>Training curves</h2>", _image(curves, "training curves")] if curves else []),
              f"<h2>Misclassified ({len(result['misclassified'])}, worst first)</h2>",
              _image(misclassified, "worst mistakes"),
-             _table(["file", "true", "predicted", "confidence"], mistakes) if mistakes else "",
+             html_table(["file", "true", "predicted", "confidence"], mistakes) if mistakes else "",
              f"<h2>Skipped files ({len(skipped)})</h2>",
-             _table(["file", "reason"], skipped) if skipped else "<p>None.</p>", "</body></html>"]
+             html_table(["file", "reason"], skipped) if skipped else "<p>None.</p>",
+             *(_duplicates_section(duplicates) if duplicates is not None else []), "</body></html>"]
     return "\n".join(parts) + "\n"
+
+
+def _duplicates_section(rows: list[dict]) -> list[str]:
+    """How many duplicate groups the run kept in one split, the images it moved and the groups whose
+    members carry different labels."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["group"], []).append(row)
+    moved = [row for row in rows if row["moved_from"]]
+    conflicts = [g for g in groups.values() if len({row["label"] for row in g}) > 1]
+    notable = [row for g in groups.values() if any(r["moved_from"] for r in g) or g in conflicts for row in g]
+    table = [[row["group"], row["path"], row["label"], row["split"], row["moved_from"]]
+             for row in notable[:SHOWN_DUPLICATES]]
+    return [f"<h2>Duplicates ({len(groups)} groups, {len(rows)} images)</h2>",
+            f"<p>Each group of copies of one photo was kept in one split: {len(moved)} image(s) moved, "
+            f"{sum(any(r['moved_from'] for r in g) for g in groups.values())} group(s) had spanned splits; "
+            f"{len(conflicts)} group(s) carry different labels (<code>tlkit data audit</code> shows them side by "
+            "side). Every group is in duplicates.csv.</p>",
+            html_table(["group", "file", "label", "split", "moved from"], table) if table else ""]
 
 
 def _image(file: Path, description: str) -> str:
@@ -229,7 +257,8 @@ def _image(file: Path, description: str) -> str:
     return f"<img alt='{description}' src='data:image/png;base64,{data}'>"
 
 
-def _table(header: list, rows: list[list]) -> str:
+def html_table(header: list, rows: list[list]) -> str:
+    """An HTML table; numbers right-aligned, text escaped."""
     def cell(value):
         number = isinstance(value, (int, float)) or value.replace(".", "", 1).isdigit()
         return f"<td class='n'>{value}</td>" if number else f"<td>{html.escape(str(value))}</td>"

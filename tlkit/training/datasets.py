@@ -52,16 +52,17 @@ def image_dataset(split, recipe: Recipe, order: np.ndarray | None = None, drop_r
                            [spec, _label_spec(recipe)], recipe.batch_size, drop_remainder)
 
 
-def feature_dataset(arrays, split, recipe: Recipe, order: np.ndarray | None = None, epoch: int = 0,
+def feature_dataset(features, split, recipe: Recipe, order: np.ndarray | None = None, epoch: int = 0,
                     drop_remainder: bool = False):
-    """Batches of cached features; with ``order`` (training) each image's replica is drawn per epoch."""
+    """Batches of a split's cached features (:class:`~tlkit.training.features.CutFeatures`); with ``order``
+    (training) each image's replica is drawn per epoch."""
     labels = labels_for(split.labels, recipe)
-    specs = [tf.TensorSpec((None, *a.shape[2:]), tf.float32) for a in arrays] + [_label_spec(recipe)]
+    specs = [tf.TensorSpec((None, *a.shape[1:]), tf.float32) for a in features.shared] + [_label_spec(recipe)]
     rng = np.random.default_rng([recipe.seed, epoch, 1])
     training = order is not None
 
     def gather(indices):
-        replica = rng.integers(arrays[0].shape[0], size=len(indices)) if training else 0
-        return (*[np.asarray(a[replica, indices]) for a in arrays], labels[indices])
+        replica = rng.integers(features.replicas, size=len(indices)) if training else 0
+        return (*features.take(replica, indices), labels[indices])
     order = np.arange(len(split)) if order is None else order
     return indexed_dataset(order, gather, specs, recipe.batch_size, drop_remainder)

@@ -4,7 +4,7 @@ is above it. Also how augmentation maps onto cached copies of each image."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional
 
 import keras
@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from tlkit.model import Classifier, inference
 from tlkit.recipe import Augment, Recipe
-from tlkit.storage import ArrayStore
+from tlkit.storage import ArrayStore, cache_key
 from tlkit.ui import progress
 
 if TYPE_CHECKING:
@@ -30,13 +30,13 @@ def feature_batch(size: int) -> int:
 
 
 def feature_fingerprint(recipe: Recipe, weights: ResolvedWeights, data: ImageData) -> dict:
-    """What cached features depend on apart from the cut: files, base, weights, image size."""
+    """What cached features depend on apart from the cut and the images: data root, base, weights, size."""
     if weights.path:
         stat = weights.path.stat()
         weight_id = [str(weights.path.resolve()), stat.st_size, stat.st_mtime_ns]
     else:
         weight_id = f"random init, seed {recipe.seed}"
-    return {**data.fingerprint(), "base": recipe.base, "alpha": recipe.alpha, "size": recipe.size,
+    return {"root": str(data.root.resolve()), "base": recipe.base, "alpha": recipe.alpha, "size": recipe.size,
             "weights": weight_id}
 
 
@@ -87,12 +87,32 @@ def _one_or_list(tensors):
 def feature_model(classifier: Classifier, cut: int, lower: int | None = None) -> keras.Model:
     """What computes a cut's cached tensors: raw pixels -> preprocessing -> the frozen part of the base, or,
     given ``lower``, the cached tensors of that lower cut -> the frozen layers between the two cuts."""
-    base, outputs = classifier.base, _one_or_list(cached_tensors(classifier, cut))
+    return _model_to(classifier, _one_or_list(cached_tensors(classifier, cut)), lower)
+
+
+def pooled_model(classifier: Classifier, lower: int | None = None) -> keras.Model:
+    """Raw pixels (or, given ``lower``, that cut's cached tensors) -> the base's output, average-pooled: the
+    features duplicate search and the audit compare, whatever the head does."""
+    return _model_to(classifier, keras.layers.GlobalAveragePooling2D()(classifier.base.output), lower)
+
+
+def _model_to(classifier: Classifier, outputs, lower: int | None) -> keras.Model:
+    base = classifier.base
     if lower is not None:
         return keras.Model(_one_or_list(frontier(base, lower)), outputs)
     frozen = keras.Model(base.input, outputs)
     images = keras.Input(base.input.shape[1:], name="image")
     return keras.Model(images, frozen(classifier.preprocess(images), training=False))
+
+
+def cut_label(classifier: Classifier, recipe: Recipe, cut: int) -> str:
+    """A cut as cache keys and logs name it: the first trainable layer, or ``(output)`` and the pooling."""
+    base = classifier.base
+    label = base.layers[cut].name if cut < len(base.layers) else "(output)"
+    return label + f" {recipe.head.pooling}-pooled" if pools_at_output(classifier, cut) else label
+
+
+POOLED_LABEL = "(output) avg-pooled"  # what cut_label calls the base output under an average-pooling head
 
 
 def above_cut_model(classifier: Classifier, cut: int) -> keras.Model:
@@ -164,6 +184,36 @@ def choose_replicas(recipe: Recipe, augment_layer) -> Optional[Replicas]:
     return None
 
 
+# === A split's features at a cut ===
+
+@dataclass
+class CutFeatures:
+    """A split's cached tensors at one cut: its rows of the unaugmented tensors that every image of the
+    dataset shares (one entry for all splits, so any split of the same images reuses it), and its other
+    replicas (augmented copies, training images only), computed for the split alone."""
+
+    shared: list[np.ndarray]  # per tensor (images, *shape), in the data's catalogue order
+    rows: np.ndarray  # this split's rows in ``shared``
+    extra: list[np.ndarray] = field(default_factory=list)  # per tensor (replicas - 1, len(rows), *shape)
+
+    @property
+    def replicas(self) -> int:
+        return 1 + (len(self.extra[0]) if self.extra else 0)
+
+    def take(self, replica, indices: np.ndarray) -> list[np.ndarray]:
+        """Per tensor, the split's images ``indices``, each as replica ``replica`` (one, or one per index)."""
+        indices = np.asarray(indices)
+        replica = np.broadcast_to(np.asarray(replica), indices.shape)
+        copies = np.flatnonzero(replica > 0)
+        out = []
+        for k, shared in enumerate(self.shared):
+            values = np.array(shared[self.rows[indices]])
+            if len(copies):
+                values[copies] = self.extra[k][replica[copies] - 1, indices[copies]]
+            out.append(values)
+        return out
+
+
 # === The store ===
 
 class FeatureStore:
@@ -174,6 +224,7 @@ class FeatureStore:
         self.arrays = arrays
         self.events: list[dict] = []
         self._traced: dict[int, tuple[keras.Model, Callable]] = {}  # id(model) -> (model, its traced forward)
+        self._loaded: dict[str, list[np.ndarray]] = {}  # cache key -> arrays this process already holds
 
     def load_or_compute(self, parts: dict, model: keras.Model, chunks: Callable, n: int, replicas: int,
                         what: str, batch_size: int = 64) -> list[np.ndarray]:
@@ -181,7 +232,11 @@ class FeatureStore:
 
         ``chunks(k)`` yields ``(start, inputs)`` for images ``start:start + k``, ``inputs[r]`` being the model's
         inputs for replica ``r``; all replicas of a chunk go through the model as one batch of ``batch_size``.
+        An entry asked for again in this process is the arrays already held.
         """
+        key = cache_key(parts)
+        if key in self._loaded:
+            return self._loaded[key]
         entry = self.arrays.load_or_compute(
             parts, f"features {what}", lambda folder: self._compute(folder, model, chunks, n, replicas, what,
                                                                     batch_size))
@@ -192,6 +247,7 @@ class FeatureStore:
         rate = f" in {event['seconds']:.1f}s ({event['images_per_second']:.0f} img/s)" if "seconds" in event else ""
         log.info("features %s: %s%s, %.1f MB in %s", what, event["event"], rate, event["bytes"] / 1e6,
                  event["where"])
+        self._loaded[key] = entry.arrays
         return entry.arrays
 
     def _forward(self, model: keras.Model) -> Callable:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tlkit.data import ImageData
@@ -16,8 +17,8 @@ from tlkit.recipe import Recipe
 from tlkit.training.checkpoint import Checkpoints
 from tlkit.training.datasets import epoch_order, feature_dataset, image_dataset
 from tlkit.training.distribute import Placement
-from tlkit.training.features import FeatureStore, above_cut_model, choose_replicas, feature_batch, feature_model, \
-    pools_at_output
+from tlkit.training.features import POOLED_LABEL, CutFeatures, FeatureStore, above_cut_model, choose_replicas, \
+    cut_label, feature_batch, feature_model, pooled_model
 from tlkit.training.loop import Loop
 from tlkit.training.optim import batches_per_epoch, current_learning_rate, make_optimizer, stage_callbacks
 from tlkit.training.stage import StagePlan, plan_stages
@@ -48,7 +49,9 @@ class Trainer:
         self.log_dir = log_dir  # per stage: parameter summary and TensorBoard logs; None: neither
         self.replicas = choose_replicas(recipe, classifier.augment)
         self.plans = plan_stages(recipe, classifier.base, self.replicas)
-        self.features: dict[int, tuple[list, list]] = {}  # cut index -> (train arrays, val arrays)
+        self.features: dict[int, tuple[CutFeatures, CutFeatures]] = {}  # cut index -> (train, val)
+        self.catalogue, self.rows = data.catalogue()  # every image in one order, and each split's rows in it
+        self.shared: dict[int, list] = {}  # cut index -> unaugmented tensors of every image (catalogue order)
         self.feature_seconds = 0.0
         self.best_weights: list | None = None
 
@@ -75,45 +78,86 @@ class Trainer:
     # === Features ===
 
     def prepare_features(self) -> None:
-        """Compute features at every cut a cached stage needs: the lowest cut from images, the rest from it."""
-        cuts = sorted({plan.cut for plan in self.plans if plan.spec.epochs and plan.cached})
-        if not cuts:
+        """Compute features at every cut a cached stage needs: the lowest cut from images, the rest from it;
+        unaugmented for every image (one entry whatever the split), augmented copies for training images."""
+        if self.replicas is None or not self.cached_cuts():
             return
         started = time.perf_counter()
         lower = None
-        for cut in cuts:
+        for cut in self.cached_cuts():
             model = feature_model(self.classifier, cut, lower)
-            self.features[cut] = tuple(self._features(model, cut, lower, split) for split in ("train", "val"))
+            self.shared[cut] = shared = self._shared(model, cut_label(self.classifier, self.recipe, cut), lower)
+            self.features[cut] = (CutFeatures(shared, self.rows["train"], self._augmented(model, cut, lower)),
+                                  CutFeatures(shared, self.rows["val"]))
             lower = cut
         self.feature_seconds = time.perf_counter() - started
-        log.info("features for %d cut(s) ready in %.1fs", len(cuts), self.feature_seconds)
+        log.info("features for %d cut(s) ready in %.1fs", len(self.features), self.feature_seconds)
 
-    def _features(self, model, cut, lower, split_name):
-        split = self.data.splits[split_name]
-        replicas = self.replicas if split_name == "train" else self.replicas.first()
-        base = self.classifier.base
-        layer = base.layers[cut].name if cut < len(base.layers) else "(output)"
-        if pools_at_output(self.classifier, cut):
-            layer += f" {self.recipe.head.pooling}-pooled"
-        parts = {**self.fingerprint, "split": split_name, "cut": layer, "replicas": replicas.name,
-                 "files": self.fingerprint["files"][split_name]}
-        if len(replicas) > 1 and not self.recipe.augment.only_flip:
+    def cached_cuts(self) -> list[int]:
+        """The cuts of the stages that train on cached features, lowest first."""
+        return sorted({plan.cut for plan in self.plans if plan.spec.epochs and plan.cached})
+
+    def pooled_features(self) -> np.ndarray:
+        """Every image's base output, average-pooled, unaugmented, in catalogue order ``(images, channels)``:
+        the head stage's own cache when its head average-pools (training then reuses it); otherwise computed
+        from the highest cached cut below the output, or from the images."""
+        lower = None
+        for cut in self.cached_cuts():
+            label = cut_label(self.classifier, self.recipe, cut)
+            if label == POOLED_LABEL:
+                return self._shared(feature_model(self.classifier, cut, lower), label, lower)[0]
+            if cut < len(self.classifier.base.layers):  # a lower cut: computed now, reused by training
+                self.shared[cut] = self._shared(feature_model(self.classifier, cut, lower), label, lower)
+                lower = cut
+        return self._shared(pooled_model(self.classifier, lower), POOLED_LABEL, lower)[0]
+
+    def _shared(self, model, label: str, lower: int | None) -> list[np.ndarray]:
+        """A cut's unaugmented tensors for every image, in catalogue order: from the images, or from the
+        shared tensors of the ``lower`` cut (computed first)."""
+        if lower is None:
+            rows = self.data.rows()
+            position = np.empty(len(rows), np.int64)  # catalogue row -> position in rows
+            position[np.concatenate(list(self.rows.values()))] = np.arange(len(rows))
+
+            def chunks(size):
+                for start in range(0, len(rows), size):
+                    pixels = np.stack([rows[p] for p in position[start:start + size]])
+                    yield start, [[tf.convert_to_tensor(pixels, tf.float32)]]
+        else:
+            source = self.shared[lower]
+
+            def chunks(size):
+                for start in range(0, len(self.catalogue), size):
+                    yield start, [[tf.convert_to_tensor(a[start:start + size]) for a in source]]
+        parts = {**self.fingerprint, "images": self.catalogue, "cut": label, "replicas": "x1"}
+        arrays = self.store.load_or_compute(parts, model, chunks, len(self.catalogue), 1, f"all images @ {label}",
+                                            feature_batch(self.recipe.size))
+        return [a[0] for a in arrays]
+
+    def _augmented(self, model, cut: int, lower: int | None) -> list[np.ndarray]:
+        """The training images' other replicas at a cut (none when there is one replica)."""
+        copies = self.replicas.transforms[1:]
+        if not copies:
+            return []
+        split, label = self.data.splits["train"], cut_label(self.classifier, self.recipe, cut)
+        parts = {**self.fingerprint, "files": split.ids, "cut": label, "replicas": f"{self.replicas.name} copies"}
+        if not self.recipe.augment.only_flip:
             parts["augment"] = self.recipe.augment.model_dump()
-
         if lower is None:
             def chunks(size):
                 for start in range(0, len(split), size):
                     pixels = tf.convert_to_tensor(split.images[start:start + size], tf.float32)
-                    yield start, [[transform(pixels)] for transform in replicas.transforms]
+                    yield start, [[transform(pixels)] for transform in copies]
         else:
-            source = self.features[lower][0 if split_name == "train" else 1]
+            source = self.features[lower][0].extra
 
             def chunks(size):
                 for start in range(0, len(split), size):
                     yield start, [[tf.convert_to_tensor(a[r, start:start + size]) for a in source]
-                                  for r in range(len(replicas))]
-        return self.store.load_or_compute(parts, model, chunks, len(split), len(replicas),
-                                          f"{split_name} @ {layer}", feature_batch(self.recipe.size))
+                                  for r in range(len(copies))]
+        return self.store.load_or_compute(parts, model, chunks, len(split), len(copies),
+                                          f"train @ {label}, {len(copies)} augmented copies",
+                                          feature_batch(self.recipe.size))
 
     def datasets(self, plan: StagePlan, epoch: int):
         """This epoch's training batches and the validation batches, of cached features or full images."""
@@ -121,9 +165,9 @@ class Trainer:
         order = epoch_order(len(train_split), self.recipe.seed, epoch)
         drop = self.placement.replicas > 1  # every replica gets a non-empty batch
         if plan.cached:
-            train_arrays, val_arrays = self.features[plan.cut]
-            return (feature_dataset(train_arrays, train_split, self.recipe, order, epoch, drop),
-                    feature_dataset(val_arrays, val_split, self.recipe))
+            train_features, val_features = self.features[plan.cut]
+            return (feature_dataset(train_features, train_split, self.recipe, order, epoch, drop),
+                    feature_dataset(val_features, val_split, self.recipe))
         return (image_dataset(train_split, self.recipe, order, drop), image_dataset(val_split, self.recipe))
 
     # === A stage ===
