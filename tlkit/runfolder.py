@@ -15,6 +15,8 @@ from tlkit.storage import write_json_atomic
 
 log = logging.getLogger(__name__)
 
+CONFIDENCE_FILE = "confidence.json"  # in a run folder and beside every export
+
 
 class RunFolder:
     """Files of one run: recipe, classes, split, skipped files, history, metrics, model, exports, report."""
@@ -37,6 +39,10 @@ class RunFolder:
         self.curves_file = self.path / "training_curves.png"
         self.confusion_file = self.path / "confusion_matrix.png"
         self.misclassified_file = self.path / "misclassified.png"
+        self.confidence_file = self.path / CONFIDENCE_FILE  # calibration and threshold, fitted on validation
+        self.reliability_file = self.path / "reliability.png"
+        self.coverage_file = self.path / "accuracy_coverage.png"
+        self.explanations_file = self.path / "explanations.png"  # Grad-CAM of the worst mistakes
 
     @classmethod
     def open(cls, path: str | Path) -> "RunFolder":

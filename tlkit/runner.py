@@ -17,6 +17,7 @@ import numpy as np
 
 from tlkit.data import ImageData
 from tlkit.errors import RunInterrupted, TlkitError
+from tlkit.evaluation.confidence import fit_confidence
 from tlkit.evaluation.evaluate import default_split, evaluate_split
 from tlkit.evaluation.report import write_report
 from tlkit.recipe import Recipe
@@ -80,6 +81,8 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
     folder.write_csv(folder.history_file, training.history)
 
     model = session.classifier.model
+    with _timed(timings, "calibrate"):
+        fit_confidence(model, session.data, recipe.trust, folder, recipe.batch_size)
     with _timed(timings, "evaluate"):
         evaluations = {name: evaluate_split(model, session.data, folder, recipe.batch_size, name)
                        for name in ("val", "test") if name in session.data.splits}

@@ -8,6 +8,7 @@ import click
 from tlkit.cli.cache import cache
 from tlkit.cli.data import data
 from tlkit.cli.evaluate import evaluate_command
+from tlkit.cli.explain import explain_command
 from tlkit.cli.lrfind import lr_find_command
 from tlkit.cli.run import recipes_command, run_command
 from tlkit.cli.serving import export_command, predict_command
@@ -38,7 +39,7 @@ def cli(ctx, verbose):
 
 
 for _command in (recipes_command, run_command, export_command, predict_command, data, evaluate_command,
-                 lr_find_command, cache):
+                 explain_command, lr_find_command, cache):
     cli.add_command(_command)
 
 

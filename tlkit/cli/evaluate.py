@@ -19,12 +19,14 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @click.option("--min-accuracy", type=click.FloatRange(0, 1),
               help="Exit with status 1 when accuracy is below this (a gate for CI).")
-def evaluate_command(model, data, top_k, out, as_json, min_accuracy):
+@click.option("--threshold", type=float,
+              help="Count answers below this confidence score as unknown [default: the run's, fitted on validation].")
+def evaluate_command(model, data, top_k, out, as_json, min_accuracy, threshold):
     """Evaluate MODEL (a run folder or an exported model folder) on labelled images."""
     from tlkit.evaluation.evaluate import evaluate
     from tlkit.evaluation.report import text_report, write_report
 
-    evaluation = evaluate(model, data, top_k=top_k)
+    evaluation = evaluate(model, data, top_k=top_k, threshold=threshold)
     out = out or evaluation.report_dir
     result = evaluation.to_dict()
     if out:

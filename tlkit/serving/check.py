@@ -8,7 +8,7 @@ import numpy as np
 from tlkit.runfolder import RunFolder
 from tlkit.serving.layout import Export
 from tlkit.serving.predictors import BATCH, load_predictor
-from tlkit.serving.signatures import probabilities
+from tlkit.serving.signatures import Confidence, pixel_function
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +21,13 @@ def agreement(reference: np.ndarray, probs: np.ndarray) -> dict:
             "max_probability_difference": float(np.abs(reference - probs).max())}
 
 
-def check_exports(folder: RunFolder, exports: list[Export], model) -> None:
-    """Fill each export's ``check`` with its agreement with the Keras model on the validation split."""
-    pixels = folder.split_pixels("val", folder.recipe().size, "check")
-    reference = np.asarray(probabilities(model.predict(pixels.astype(np.float32), batch_size=BATCH, verbose=0)))
+def check_exports(folder: RunFolder, exports: list[Export], model, confidence: Confidence) -> None:
+    """Fill each export's ``check`` with its agreement with the (calibrated) Keras model on the validation split."""
+    size = folder.recipe().size
+    pixels = folder.split_pixels("val", size, "check")
+    predict = pixel_function(model, size, confidence)
+    reference = np.concatenate([predict(pixels[i:i + BATCH].astype(np.float32))["probabilities"].numpy()
+                                for i in range(0, len(pixels), BATCH)])
     for export in exports:
         for variant, entry in export.files.items():
             result = export.check[variant] = agreement(reference, load_predictor(folder.path / entry["path"])
