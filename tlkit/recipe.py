@@ -136,7 +136,7 @@ class Trust(_Spec):
 
     # auto: the score that separates better on validation (from the ood images when given, else correct from
     # misclassified); max_probability: the calibrated top probability; class_mean_similarity: the cosine
-    # similarity of the pooled base features to the nearest class mean of the training images
+    # similarity of the pooled base features to their mean over the training images of the class answered
     score: Literal["auto", "max_probability", "class_mean_similarity"] = "auto"
     max_accuracy_drop: float = Field(0.01, ge=0.0, lt=1.0)  # the highest threshold costing at most this accuracy
     coverage: Optional[float] = Field(None, gt=0.0, le=1.0)  # instead: answer this fraction of validation images

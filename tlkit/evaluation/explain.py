@@ -137,13 +137,13 @@ def mistakes_sheet(model, pixels: np.ndarray, mistakes: list[dict], class_names:
 
     figure = Figure(figsize=(7.2, 2.5 * len(mistakes) + 0.4), layout="constrained")
     axes = figure.subplots(len(mistakes), 3, squeeze=False)
+    classes = [class_names.index(m[label]) for m in mistakes for label in ("predicted", "true")]
+    heatmaps, _ = grad_cam(model, np.repeat(pixels, 2, axis=0), np.array(classes))
     for row, (mistake, image) in enumerate(zip(mistakes, pixels)):
-        predicted, true = class_names.index(mistake["predicted"]), class_names.index(mistake["true"])
-        heatmaps, _ = grad_cam(model, np.stack([image, image]), np.array([predicted, true]))
         axes[row, 0].imshow(image)
         axes[row, 0].set_axis_off()
         axes[row, 0].set_title(Path(mistake["path"]).name[:28], fontsize=8)
-        for column, (heatmap, label) in enumerate(zip(heatmaps, ("predicted", "true")), 1):
+        for column, (heatmap, label) in enumerate(zip(heatmaps[2 * row:2 * row + 2], ("predicted", "true")), 1):
             overlay(axes[row, column], image, heatmap)
             axes[row, column].set_title(f"{label}: {mistake[label]}"
                                         + (f" {mistake['confidence']:.0%}" if label == "predicted" else ""),

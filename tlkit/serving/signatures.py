@@ -62,9 +62,10 @@ def scores(name: str, probabilities, features, class_means=None):
     base features ``(N, channels)``; graph ops, so exports and evaluation share it."""
     if name == "max_probability":
         return tf.reduce_max(probabilities, axis=-1)
-    if name == "class_mean_similarity":
+    if name == "class_mean_similarity":  # cosine similarity to the mean of the class answered
         unit = tf.math.l2_normalize(tf.cast(features, tf.float32), axis=-1)
-        return tf.reduce_max(tf.matmul(unit, tf.constant(class_means, tf.float32), transpose_b=True), axis=-1)
+        similarity = tf.matmul(unit, tf.constant(class_means, tf.float32), transpose_b=True)
+        return tf.gather(similarity, tf.argmax(probabilities, axis=-1), batch_dims=1)
     raise TlkitError(f"unknown confidence score {name!r}; choose from {', '.join(SCORES)}")
 
 
