@@ -11,6 +11,7 @@ from PIL import Image
 
 from tlkit.backbones import BACKBONES
 from tlkit.cli import cli
+from tlkit.evaluation.report import text_report
 
 KEPT, HELD_BACK = ("daisy", "sunflower", "tulip"), ("dandelion", "rose")
 
@@ -103,11 +104,12 @@ def test_evaluate_threshold_overrides_the_runs(trusted, tmp_path):
     folder, _, _ = trusted
     default = json.loads(folder.evaluation_file.read_text())["confidence"]
     assert default["threshold_from"].startswith("the run") and default["coverage"] == pytest.approx(0.5, abs=0.02)
-    strict = json.loads(_invoke("evaluate", folder.path, "--json", "--threshold", "2", "--out", tmp_path).stdout)
-    strict = strict["confidence"]
+    result = json.loads(_invoke("evaluate", folder.path, "--json", "--threshold", "2", "--out", tmp_path).stdout)
+    strict = result["confidence"]
     assert strict["threshold"] == 2 and strict["coverage"] == 0 and strict["unknown"] == strict["fit"]["images"]
-    assert "unknown below 2 on class_mean_similarity (--threshold)" in _invoke(
-        "evaluate", folder.path, "--threshold", "2", "--out", tmp_path).stdout
+    assert (f"unknown below 2 on class_mean_similarity (--threshold): {strict['unknown']} unknown, 0.0% answered"
+            in text_report(result))
+    assert json.loads((tmp_path / "evaluation.json").read_text())["confidence"]["threshold"] == 2
 
 
 def test_the_export_has_a_model_card(trusted):

@@ -2,7 +2,9 @@
 training photos, and small."""
 import copy
 import logging
+import shutil
 import warnings
+import zipfile
 from collections import Counter
 
 import numpy as np
@@ -12,6 +14,7 @@ from tensorflow.lite.python import schema_py_generated as schema
 
 from tlkit.images import decode_all, decode_image
 from tlkit.serving.export import CALIBRATION_IMAGES
+from tlkit.serving.signatures import Confidence
 from tlkit.serving.tflite import bias_corrected, convert
 
 
@@ -24,7 +27,8 @@ def _interpreter(path, **options):
 def _int8_probabilities(path, pixels) -> np.ndarray:
     """Run the int8 file on uint8 pixels with the bare interpreter; dequantized probabilities."""
     interpreter = _interpreter(path)
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    inp = interpreter.get_input_details()[0]
+    out = next(d for d in interpreter.get_output_details() if len(d["shape"]) == 2)  # beside it: the score
     assert inp["dtype"] == np.uint8 and inp["quantization"] == (1.0, 0)  # raw pixels go in as they are
     assert tuple(inp["shape"][1:]) == pixels.shape[1:] and out["dtype"] == np.uint8
     interpreter.allocate_tensors()
@@ -156,7 +160,7 @@ def test_int8_file_is_at_most_a_third_of_float32_for_the_shipped_bases(base, flo
     assert recipe.alpha == 1.0
     model = build_classifier(recipe, 5, ResolvedWeights("none", None)).model
     photos, _, _ = decode_all(sorted(flowers_small.rglob("*.jpg"))[::40], recipe.size, "calibration")
-    sizes = {v: len(convert(model, recipe.size, v, photos)) for v in ("float32", "int8")}
+    sizes = {v: len(convert(model, recipe.size, v, Confidence(), photos)) for v in ("float32", "int8")}
     assert sizes["int8"] <= sizes["float32"] / 3
 
 
@@ -166,3 +170,28 @@ def test_int8_calibration_uses_training_photos(served):
     assert len(pixels) == min(100, len(train)) and pixels.dtype == np.uint8
     decoded = {decode_image(p, served.size).tobytes() for p in train}
     assert all(p.tobytes() in decoded for p in pixels)
+
+
+def test_tflite_metadata_gives_mediapipe_the_labels_without_a_side_file(served, tmp_path):
+    """MediaPipe Tasks' image classifier (the successor of the Task Library, the same code on Android) reads the
+    class names, the input size and the normalisation from the file alone, and answers as the Keras model."""
+    pytest.importorskip("mediapipe", reason="the test extra's mediapipe reads TFLite metadata: pip install -e .[test]")
+    from mediapipe.tasks.python.core.base_options import BaseOptions
+    from mediapipe.tasks.python.vision import image_classifier
+    from mediapipe.tasks.python.vision.core import image as mp_image
+
+    lonely = tmp_path / "model.tflite"  # no labels.txt beside it
+    shutil.copy(served.folder.path / served.exports["tflite"].files["float32"]["path"], lonely)
+    assert zipfile.ZipFile(lonely).namelist() == ["labels.txt"]
+    names = served.folder.class_names()
+    options = image_classifier.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(lonely)),
+                                                      max_results=len(names), score_threshold=0.0)
+    expected = served.keras_probabilities(served.val_pixels[:4])
+    with image_classifier.ImageClassifier.create_from_options(options) as classifier:
+        for pixels, probs in zip(served.val_pixels[:4], expected):
+            head = classifier.classify(mp_image.Image(mp_image.ImageFormat.SRGB, np.ascontiguousarray(pixels)))
+            head = head.classifications[0]
+            assert head.head_name == "probabilities"
+            answer = {c.category_name: c.score for c in head.categories}
+            assert sorted(answer) == sorted(names)
+            np.testing.assert_allclose([answer[n] for n in names], probs, atol=1e-4)
