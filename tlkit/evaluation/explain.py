@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from tlkit.errors import TlkitError
+from tlkit.evaluation.confidence import all_scores
 from tlkit.files import files_in
 from tlkit.images import decode_all
-from tlkit.model import feature_map, head_logits
+from tlkit.model import feature_map, head_logits, pooled
 from tlkit.runfolder import RunFolder
 from tlkit.serving.layout import read_manifest
 from tlkit.serving.signatures import Confidence, calibrated
@@ -90,9 +91,6 @@ def explanation_png(pixels: np.ndarray, heatmap: np.ndarray, top: list[tuple[str
 def explain_pixels(model, pixels: np.ndarray, names: list[str], class_names: list[str], confidence: Confidence,
                    out: Path, top_k: int = 3, threshold: float | None = None) -> list[Path]:
     """An explanation PNG in ``out`` per image (``NAME.gradcam.png``), for its top class."""
-    from tlkit.evaluation.confidence import all_scores
-    from tlkit.model import pooled
-
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for start in range(0, len(pixels), BATCH):
