@@ -21,9 +21,10 @@ def agreement(reference: np.ndarray, probs: np.ndarray) -> dict:
             "max_probability_difference": float(np.abs(reference - probs).max())}
 
 
-def check_exports(folder: RunFolder, exports: list[Export], model, confidence: Confidence) -> None:
-    """Fill each export's ``check`` with its agreement with the (calibrated) Keras model on the validation split."""
-    size = folder.recipe().size
+def check_exports(folder: RunFolder, exports: list[Export], model) -> None:
+    """Fill each export's ``check`` with its agreement with the Keras model, calibrated as the exports are, on the
+    validation split."""
+    size, confidence = folder.recipe().size, Confidence.read(folder.path)
     pixels = folder.split_pixels("val", size, "check")
     predict = pixel_function(model, size, confidence)
     reference = np.concatenate([predict(pixels[i:i + BATCH].astype(np.float32))["probabilities"].numpy()

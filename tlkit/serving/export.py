@@ -74,7 +74,7 @@ def export_run(folder: RunFolder, formats=("savedmodel",), name: str = "model", 
             exports.append(Export(name, version, fmt, target.relative_to(folder.path).as_posix(),
                                   {v: file_entry(folder.path, p) for v, p in files.items()}, created))
         if check:
-            check_exports(folder, exports, model, confidence)
+            check_exports(folder, exports, model)
     finally:
         record(folder, exports)
     return exports
