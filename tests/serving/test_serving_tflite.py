@@ -1,6 +1,7 @@
 """TFLite variants answer as the Keras model does on real validation photos; int8 is full-integer, calibrated on
 training photos, and small."""
 import copy
+import json
 import logging
 import shutil
 import warnings
@@ -174,24 +175,33 @@ def test_int8_calibration_uses_training_photos(served):
 
 def test_tflite_metadata_gives_mediapipe_the_labels_without_a_side_file(served, tmp_path):
     """MediaPipe Tasks' image classifier (the successor of the Task Library, the same code on Android) reads the
-    class names, the input size and the normalisation from the file alone, and answers as the Keras model."""
+    class names, the input size, the normalisation and the threshold from the file alone, and answers as the
+    Keras model."""
     pytest.importorskip("mediapipe", reason="the test extra's mediapipe reads TFLite metadata: pip install -e .[test]")
     from mediapipe.tasks.python.core.base_options import BaseOptions
     from mediapipe.tasks.python.vision import image_classifier
     from mediapipe.tasks.python.vision.core import image as mp_image
 
+    source = served.folder.path / served.exports["tflite"].files["float32"]["path"]
     lonely = tmp_path / "model.tflite"  # no labels.txt beside it
-    shutil.copy(served.folder.path / served.exports["tflite"].files["float32"]["path"], lonely)
+    shutil.copy(source, lonely)
     assert zipfile.ZipFile(lonely).namelist() == ["labels.txt"]
     names = served.folder.class_names()
-    options = image_classifier.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(lonely)),
-                                                      max_results=len(names), score_threshold=0.0)
+    confidence = json.loads((source.parent / "confidence.json").read_text())
     expected = served.keras_probabilities(served.val_pixels[:4])
-    with image_classifier.ImageClassifier.create_from_options(options) as classifier:
-        for pixels, probs in zip(served.val_pixels[:4], expected):
-            head = classifier.classify(mp_image.Image(mp_image.ImageFormat.SRGB, np.ascontiguousarray(pixels)))
-            head = head.classifications[0]
-            assert head.head_name == "probabilities"
-            answer = {c.category_name: c.score for c in head.categories}
-            assert sorted(answer) == sorted(names)
-            np.testing.assert_allclose([answer[n] for n in names], probs, atol=1e-4)
+
+    def classify(**options):
+        options = image_classifier.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(lonely)),
+                                                          max_results=len(names), **options)
+        with image_classifier.ImageClassifier.create_from_options(options) as classifier:
+            heads = [classifier.classify(mp_image.Image(mp_image.ImageFormat.SRGB, np.ascontiguousarray(p)))
+                     .classifications[0] for p in served.val_pixels[:4]]
+        assert all(h.head_name == "probabilities" for h in heads)
+        return [{c.category_name: c.score for c in h.categories} for h in heads]
+
+    for answer, probs in zip(classify(score_threshold=1e-9), expected):  # every class
+        assert sorted(answer) == sorted(names)
+        np.testing.assert_allclose([answer[n] for n in names], probs, atol=1e-4)
+    if confidence["score"] == "max_probability":  # the threshold travels as the metadata's score threshold
+        for answer, probs in zip(classify(), expected):
+            assert sorted(answer) == sorted(n for n, p in zip(names, probs) if p >= confidence["threshold"])
