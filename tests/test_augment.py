@@ -5,7 +5,8 @@ import tensorflow as tf
 
 from tlkit import Augment, Head, Recipe
 from tlkit.data import load_data
-from tlkit.serving.export import export_savedmodel
+from tlkit.serving.savedmodel import write_savedmodel
+from tlkit.serving.signatures import Confidence
 from tlkit.model import build_classifier
 from tlkit.weights import ResolvedWeights
 
@@ -33,7 +34,8 @@ def test_augmentation_is_active_only_in_training_and_absent_from_export(shapes, 
     trained = [augmented.model(x, training=True).numpy() for _ in range(2)]
     assert not np.allclose(trained[0], inference, atol=1e-4) and not np.allclose(trained[0], trained[1], atol=1e-4)
 
-    path = export_savedmodel(augmented.model, ["circle", "square", "triangle"], 64, tmp_path, "model")
+    path = tmp_path / "model"
+    write_savedmodel(augmented.model, ["circle", "square", "triangle"], 64, path, Confidence())
     serve = tf.saved_model.load(str(path)).signatures["serving_pixels"]
     answers = [serve(pixels=tf.constant(pixels))["probabilities"].numpy() for _ in range(3)]
     assert np.array_equal(answers[0], answers[1]) and np.array_equal(answers[0], answers[2])

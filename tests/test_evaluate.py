@@ -149,14 +149,19 @@ def test_pictures_depend_on_the_data(tmp_path, flowers_small):
 # === A real run ===
 
 def test_run_report_equals_scikit_learn_on_the_models_predictions(tiny_run):
-    """The figures `tlkit run` writes are scikit-learn's on the saved model's predictions for the val split."""
+    """The figures `tlkit run` writes are scikit-learn's on the saved model's predictions for the val split,
+    calibrated with the run's temperature: softmax(log(p) / T) (log p is the logits less a constant per image)."""
     report = json.loads(tiny_run.evaluation_file.read_text())
     rows = [r for r in tiny_run.read_csv(tiny_run.split_file) if r["split"] == "val"]
     classes = tiny_run.class_names()
     labels = np.array([classes.index(r["label"]) for r in rows])
     pixels = np.stack([decode_image(Path(r["path"]), 96) for r in rows]).astype(np.float32)
-    probabilities = np.asarray(tiny_run.load_model()(pixels, training=False))
+    raw = np.asarray(tiny_run.load_model()(pixels, training=False), np.float64)
+    temperature = json.loads(tiny_run.confidence_file.read_text())["temperature"]
+    scaled = np.exp(np.log(raw) / temperature)
+    probabilities = scaled / scaled.sum(axis=1, keepdims=True)
     predicted = probabilities.argmax(1)
+    assert np.array_equal(predicted, raw.argmax(1)) and temperature != 1
 
     assert report["data"] == "val split" and report["images"] == len(rows) > 30
     assert report["accuracy"] == pytest.approx(metrics.accuracy_score(labels, predicted))
@@ -173,10 +178,12 @@ def test_run_report_equals_scikit_learn_on_the_models_predictions(tiny_run):
     assert report["log_loss"] == pytest.approx(keras_val["loss"], abs=1e-4)
     assert 0.5 < report["accuracy"] < 1  # real learning on real photos, with mistakes to show
 
-    for png in (tiny_run.curves_file, tiny_run.confusion_file, tiny_run.misclassified_file):
+    pictures = (tiny_run.curves_file, tiny_run.confusion_file, tiny_run.misclassified_file,
+                tiny_run.reliability_file, tiny_run.coverage_file, tiny_run.explanations_file)
+    for png in pictures:
         _assert_png(png)
     page = tiny_run.report_file.read_text()
-    assert page.count("data:image/png;base64,") == 3
+    assert page.count("data:image/png;base64,") == len(pictures)
     assert f"{report['accuracy']:.4f}" in page and "sunflower" in page
 
 

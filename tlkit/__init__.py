@@ -7,9 +7,9 @@
 from tlkit.backbones import register_backbone
 from tlkit.errors import TlkitError
 from tlkit.overrides import override
-from tlkit.recipe import Augment, Data, FeatureExtraction, FineTune, Head, Recipe, load_recipe
+from tlkit.recipe import Augment, Data, FeatureExtraction, FineTune, Head, Recipe, Trust, load_recipe
 
-__all__ = ["Augment", "Data", "FeatureExtraction", "FineTune", "Head", "Recipe", "TlkitError", "load_recipe",
+__all__ = ["Augment", "Data", "FeatureExtraction", "FineTune", "Head", "Recipe", "TlkitError", "Trust", "load_recipe",
            "override", "register_backbone", "run"]
 
 

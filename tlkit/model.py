@@ -186,3 +186,53 @@ def set_trainable(classifier: Classifier, recipe: Recipe, stage) -> int:
             if scratch and isinstance(inner, layers.BatchNormalization):
                 inner.momentum = SCRATCH_BN_MOMENTUM
     return cut
+
+
+# === The chain split at the base's output (explanations and confidence scores start there) ===
+
+def base_position(model: keras.Model) -> int:
+    """Index in ``model.layers`` of the base, in the classifier's chain (image, augment, preprocess, base, head) and
+    in the copies the converters make of it: its one functional layer that is not a Sequential."""
+    found = [i for i, layer in enumerate(model.layers)
+             if isinstance(layer, keras.Model) and not isinstance(layer, keras.Sequential)]
+    if len(found) != 1:
+        raise TlkitError(f"{model.name} is not a tlkit classifier (image, augment, preprocess, base, head); "
+                         "pass a run folder's model.keras")
+    return found[0]
+
+
+def feature_map(model: keras.Model, pixels):
+    """The base's output ``(N, h, w, channels)`` for raw 0-255 pixels, in inference mode."""
+    x = pixels
+    for layer in model.layers[1:base_position(model) + 1]:
+        x = layer(x, training=False)
+    return x
+
+
+def head_logits(model: keras.Model, features):
+    """The head's output before its activation, float32 ``(N, classes)``: the softmax of it is the model's output.
+    A single sigmoid unit z becomes ``[-z/2, z/2]``, whose softmax is ``[1 - sigmoid(z), sigmoid(z)]``."""
+    head = model.layers[-1]
+    x = features
+    for layer in head.layers[:-1]:
+        x = layer(x, training=False)
+    last = head.layers[-1]
+    z = ops.matmul(ops.cast(x, "float32"), last.kernel) + last.bias
+    return ops.concatenate([-z / 2, z / 2], axis=-1) if z.shape[-1] == 1 else z
+
+
+def pooled(features):
+    """Global average of a feature map, float32 ``(N, channels)``: what the feature-space score compares."""
+    return ops.mean(ops.cast(features, "float32"), axis=(1, 2))
+
+
+def logits_and_features(model: keras.Model):
+    """``pixels -> (head logits, pooled base features)`` on float32 batches of any size, traced once."""
+    import tensorflow as tf
+    (inputs,) = model.inputs
+    spec = tf.TensorSpec((None, *inputs.shape[1:]), tf.float32)
+
+    def forward(x):
+        features = feature_map(model, x)
+        return head_logits(model, features), pooled(features)
+    return tf.function(forward, input_signature=[spec])

@@ -164,6 +164,20 @@ class FromScratch(_Stage):
 Stage = Annotated[Union[FeatureExtraction, FineTune, FromScratch], Field(discriminator="kind")]
 
 
+class Trust(_Spec):
+    """What the end of a run fits on the validation split so that answers can be acted on: a temperature
+    (calibrated probabilities) and a threshold on a confidence score below which the answer is ``unknown_label``."""
+
+    # auto: the score that separates better on validation (from the ood images when given, else correct from
+    # misclassified); max_probability: the calibrated top probability; class_mean_similarity: the cosine
+    # similarity of the pooled base features to their mean over the training images of the class answered
+    score: Literal["auto", "max_probability", "class_mean_similarity"] = "auto"
+    max_accuracy_drop: float = Field(0.01, ge=0.0, lt=1.0)  # the highest threshold costing at most this accuracy
+    coverage: Optional[float] = Field(None, gt=0.0, le=1.0)  # instead: answer this fraction of validation images
+    unknown_label: str = Field("unknown", min_length=1)
+    ood: Optional[str] = None  # a folder of images of none of the classes, to measure how the scores separate
+
+
 class Recipe(_Spec):
     """A complete, declarative description of a transfer-learning run."""
 
@@ -189,6 +203,7 @@ class Recipe(_Spec):
     # random base (a baseline that shows what pretraining gives)
     random_init: Literal["from_scratch", "as_recipe"] = "from_scratch"
     augment_replicas: int = Field(0, ge=0)  # cached augmented copies per image when augmentation is not just a flip
+    trust: Trust = Trust()
 
     @field_validator("base")
     @classmethod

@@ -25,6 +25,7 @@ from tlkit.storage import write_json_atomic
 log = logging.getLogger(__name__)
 
 _HELD: set[Path] = set()  # run folders whose lock this process holds
+CONFIDENCE_FILE = "confidence.json"  # in a run folder and beside every export
 
 
 class RunFolder:
@@ -53,6 +54,10 @@ class RunFolder:
         self.checkpoint_dir = self.path / "checkpoint"
         self.evaluations_dir = self.path / "evaluations"
         self.lock_file = self.path / "run.lock"  # while a process writes the run: its pid, host and command
+        self.confidence_file = self.path / CONFIDENCE_FILE  # calibration and threshold, fitted on validation
+        self.reliability_file = self.path / "reliability.png"
+        self.coverage_file = self.path / "accuracy_coverage.png"
+        self.explanations_file = self.path / "explanations.png"  # Grad-CAM of the worst mistakes
 
     @classmethod
     def open(cls, path: str | Path) -> "RunFolder":

@@ -17,6 +17,7 @@ import numpy as np
 
 from tlkit.data import ImageData
 from tlkit.errors import RunInterrupted, TlkitError
+from tlkit.evaluation.confidence import fit_confidence
 from tlkit.evaluation.evaluate import default_split, evaluate_split
 from tlkit.evaluation.report import write_report
 from tlkit.overrides import differences
@@ -108,6 +109,8 @@ def _finish(session: Session, folder: RunFolder, checkpoints: Checkpoints, resum
     folder.write_csv(folder.history_file, training.history)
 
     model = session.classifier.model
+    with _timed(timings, "calibrate"):
+        fit_confidence(model, session.data, recipe.trust, folder, recipe.batch_size)
     with _timed(timings, "evaluate"):
         evaluations = {name: evaluate_split(model, session.data, folder, recipe.batch_size, name)
                        for name in ("val", "test") if name in session.data.splits}

@@ -24,7 +24,21 @@ class Served:
         return self.val_pixels.shape[1]
 
     def keras_probabilities(self, pixels):
-        return self.model.predict(np.asarray(pixels, np.float32), verbose=0)
+        """The Keras model's calibrated probabilities: what every export returns."""
+        return self.keras_answers(pixels)["probabilities"]
+
+    def keras_answers(self, pixels) -> dict:
+        """Calibrated probabilities, scores, and the class name or unknown label each image gets."""
+        from tlkit.evaluation.evaluate import keras_answers
+        from tlkit.serving.signatures import Confidence
+
+        confidence = Confidence.read(self.folder.path)
+        answers = keras_answers(self.model, np.asarray(pixels), confidence)
+        names = self.folder.class_names()
+        answered = confidence.answered(answers["scores"][confidence.score])
+        answers["classes"] = [names[i] if known else confidence.unknown_label
+                              for i, known in zip(answers["probabilities"].argmax(1), answered)]
+        return answers
 
 
 @pytest.fixture(scope="session")

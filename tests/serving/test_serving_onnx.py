@@ -23,12 +23,14 @@ def test_onnx_agrees_with_keras_on_validation_photos(served):
 
     import onnxruntime
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (probs,) = session.run(None, {"pixels": served.val_pixels[:8].astype(np.float32)})
+    probs, score = session.run(["probabilities", "score"], {"pixels": served.val_pixels[:8].astype(np.float32)})
+    np.testing.assert_allclose(score, served.keras_answers(served.val_pixels[:8])["scores"][
+        json.loads((path.parent / "confidence.json").read_text())["score"]], atol=1e-4)
     np.testing.assert_allclose(probs, served.keras_probabilities(served.val_pixels[:8]), atol=1e-4)
 
     result = CliRunner().invoke(cli, ["predict", str(path), str(served.val_paths[0]), "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)[0]["class"] == served.folder.class_names()[int(probs[0].argmax())]
+    assert json.loads(result.stdout)[0]["class"] == served.keras_answers(served.val_pixels[:1])["classes"][0]
 
 
 def test_onnx_without_the_extra_is_a_one_line_error(served, monkeypatch):

@@ -33,7 +33,8 @@ def _predict(*args):
 
 def test_predict_through_every_artefact_matches_keras(served, photos):
     folder, files = photos
-    expected = served.keras_probabilities([decode_image(f, served.size) for f in files])
+    keras = served.keras_answers([decode_image(f, served.size) for f in files])
+    expected = keras["probabilities"]
     names = served.folder.class_names()
     tflite = served.folder.path / served.exports["tflite"].path
     models = {"run folder": served.folder.path, "SavedModel": served.savedmodel,
@@ -43,7 +44,7 @@ def test_predict_through_every_artefact_matches_keras(served, photos):
         assert result.exit_code == 0, f"{what}: {result.output}"
         answers = json.loads(result.stdout)
         assert [a["file"] for a in answers] == [str(f) for f in files], what
-        assert [a["class"] for a in answers] == [names[i] for i in expected.argmax(1)], what
+        assert [a["class"] for a in answers] == keras["classes"], what  # unknown below the threshold
         for answer, probs in zip(answers, expected):
             assert [t["class"] for t in answer["top_k"]] == [names[i] for i in np.argsort(-probs)[:2]], what
             np.testing.assert_allclose([t["probability"] for t in answer["top_k"]], np.sort(probs)[::-1][:2],
@@ -61,12 +62,13 @@ def test_predict_prints_a_table_or_csv(served, photos):
     table = _predict(served.folder.path, folder)
     assert table.exit_code == 0, table.output
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ["file", "class", "probability", "top-3"]
+    score = json.loads((served.savedmodel / "assets" / "confidence.json").read_text())["score"]
+    assert lines[0].split() == ["file", "answer", "probability", score, "top-3"]
     assert [line.split()[0] for line in lines[1:]] == [str(f) for f in files]
 
     rows = list(csv.DictReader(io.StringIO(_predict(served.folder.path, *files, "--csv", "--top-k", "2").stdout)))
     assert [r["file"] for r in rows] == [str(f) for f in files]
-    assert list(rows[0]) == ["file", "class_1", "probability_1", "class_2", "probability_2"]
+    assert list(rows[0]) == ["file", "answer", score, "class_1", "probability_1", "class_2", "probability_2"]
     assert all(float(r["probability_1"]) >= float(r["probability_2"]) for r in rows)
 
 

@@ -57,13 +57,14 @@ def test_savedmodel_serves_image_bytes_in_a_process_without_keras_or_tlkit(serve
     answer = json.loads(result.stdout.splitlines()[-1])
     assert answer["real_modules"] == []
 
-    expected = served.keras_probabilities([decode_image(p, served.size) for p in client_images])
+    keras = served.keras_answers([decode_image(p, served.size) for p in client_images])
+    expected = keras["probabilities"]
     probs = np.array(answer["probabilities"])
-    assert answer["class_ids"] == expected.argmax(1).tolist()
     np.testing.assert_allclose(probs, expected, atol=1e-5)
+    assert answer["class_names"] == keras["classes"]  # the unknown label below the threshold
     names = served.folder.class_names()
-    assert answer["class_names"] == [names[i] for i in answer["class_ids"]]
-    assert [row[0] for row in answer["top_k_class_ids"]] == answer["class_ids"]
+    assert answer["class_ids"] == [names.index(c) if c in names else -1 for c in keras["classes"]]
+    assert [row[0] for row in answer["top_k_class_ids"]] == expected.argmax(1).tolist()  # always the raw ranking
     assert np.all(np.diff(answer["top_k_probabilities"], axis=1) <= 0)
     assert [[names[i] for i in row] for row in answer["top_k_class_ids"]] == answer["top_k_class_names"]
 

@@ -1,8 +1,11 @@
 """TFLite variants answer as the Keras model does on real validation photos; int8 is full-integer, calibrated on
 training photos, and small."""
 import copy
+import json
 import logging
+import shutil
 import warnings
+import zipfile
 from collections import Counter
 
 import numpy as np
@@ -12,6 +15,7 @@ from tensorflow.lite.python import schema_py_generated as schema
 
 from tlkit.images import decode_all, decode_image
 from tlkit.serving.export import CALIBRATION_IMAGES
+from tlkit.serving.signatures import Confidence
 from tlkit.serving.tflite import bias_corrected, convert
 
 
@@ -24,7 +28,8 @@ def _interpreter(path, **options):
 def _int8_probabilities(path, pixels) -> np.ndarray:
     """Run the int8 file on uint8 pixels with the bare interpreter; dequantized probabilities."""
     interpreter = _interpreter(path)
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    inp = interpreter.get_input_details()[0]
+    out = next(d for d in interpreter.get_output_details() if len(d["shape"]) == 2)  # beside it: the score
     assert inp["dtype"] == np.uint8 and inp["quantization"] == (1.0, 0)  # raw pixels go in as they are
     assert tuple(inp["shape"][1:]) == pixels.shape[1:] and out["dtype"] == np.uint8
     interpreter.allocate_tensors()
@@ -156,7 +161,7 @@ def test_int8_file_is_at_most_a_third_of_float32_for_the_shipped_bases(base, flo
     assert recipe.alpha == 1.0
     model = build_classifier(recipe, 5, ResolvedWeights("none", None)).model
     photos, _, _ = decode_all(sorted(flowers_small.rglob("*.jpg"))[::40], recipe.size, "calibration")
-    sizes = {v: len(convert(model, recipe.size, v, photos)) for v in ("float32", "int8")}
+    sizes = {v: len(convert(model, recipe.size, v, Confidence(), photos)) for v in ("float32", "int8")}
     assert sizes["int8"] <= sizes["float32"] / 3
 
 
@@ -166,3 +171,37 @@ def test_int8_calibration_uses_training_photos(served):
     assert len(pixels) == min(100, len(train)) and pixels.dtype == np.uint8
     decoded = {decode_image(p, served.size).tobytes() for p in train}
     assert all(p.tobytes() in decoded for p in pixels)
+
+
+def test_tflite_metadata_gives_mediapipe_the_labels_without_a_side_file(served, tmp_path):
+    """MediaPipe Tasks' image classifier (the successor of the Task Library, the same code on Android) reads the
+    class names, the input size, the normalisation and the threshold from the file alone, and answers as the
+    Keras model."""
+    pytest.importorskip("mediapipe", reason="the test extra's mediapipe reads TFLite metadata: pip install -e .[test]")
+    from mediapipe.tasks.python.core.base_options import BaseOptions
+    from mediapipe.tasks.python.vision import image_classifier
+    from mediapipe.tasks.python.vision.core import image as mp_image
+
+    source = served.folder.path / served.exports["tflite"].files["float32"]["path"]
+    lonely = tmp_path / "model.tflite"  # no labels.txt beside it
+    shutil.copy(source, lonely)
+    assert zipfile.ZipFile(lonely).namelist() == ["labels.txt"]
+    names = served.folder.class_names()
+    confidence = json.loads((source.parent / "confidence.json").read_text())
+    expected = served.keras_probabilities(served.val_pixels[:4])
+
+    def classify(**options):
+        options = image_classifier.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(lonely)),
+                                                          max_results=len(names), **options)
+        with image_classifier.ImageClassifier.create_from_options(options) as classifier:
+            heads = [classifier.classify(mp_image.Image(mp_image.ImageFormat.SRGB, np.ascontiguousarray(p)))
+                     .classifications[0] for p in served.val_pixels[:4]]
+        assert all(h.head_name == "probabilities" for h in heads)
+        return [{c.category_name: c.score for c in h.categories} for h in heads]
+
+    for answer, probs in zip(classify(score_threshold=1e-9), expected):  # every class
+        assert sorted(answer) == sorted(names)
+        np.testing.assert_allclose([answer[n] for n in names], probs, atol=1e-4)
+    if confidence["score"] == "max_probability":  # the threshold travels as the metadata's score threshold
+        for answer, probs in zip(classify(), expected):
+            assert sorted(answer) == sorted(n for n, p in zip(names, probs) if p >= confidence["threshold"])

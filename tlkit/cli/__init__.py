@@ -9,6 +9,7 @@ from tlkit.cli.bases import bases_command
 from tlkit.cli.cache import cache
 from tlkit.cli.data import data
 from tlkit.cli.evaluate import evaluate_command
+from tlkit.cli.explain import explain_command
 from tlkit.cli.lrfind import lr_find_command
 from tlkit.cli.run import recipes_command, run_command
 from tlkit.cli.serving import export_command, predict_command
@@ -62,7 +63,7 @@ def cli(ctx, verbose):
 
 
 for _command in (recipes_command, bases_command, run_command, export_command, predict_command, data,
-                 evaluate_command, lr_find_command, cache):
+                 evaluate_command, explain_command, lr_find_command, cache):
     cli.add_command(_command)
 
 

@@ -22,13 +22,17 @@ from tlkit.cli.options import data_options, data_spec
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @click.option("--min-accuracy", type=click.FloatRange(0, 1),
               help="Exit with status 1 when accuracy is below this (a gate for CI).")
+@click.option("--threshold", type=float,
+              help="Count answers below this confidence score as unknown [default: the run's, fitted on validation].")
 @data_options
-def evaluate_command(model, data, top_k, out, as_json, min_accuracy, path_column, label_column, image_dir, suffix):
+def evaluate_command(model, data, top_k, out, as_json, min_accuracy, threshold, path_column, label_column, image_dir,
+                     suffix):
     """Evaluate MODEL (a run folder or an exported model folder) on labelled images."""
     from tlkit.evaluation.evaluate import evaluate
     from tlkit.evaluation.report import text_report, write_report
 
-    evaluation = evaluate(model, data, spec=data_spec(path_column, label_column, image_dir, suffix), top_k=top_k)
+    evaluation = evaluate(model, data, spec=data_spec(path_column, label_column, image_dir, suffix), top_k=top_k,
+                          threshold=threshold)
     out = out or evaluation.report_dir
     result = evaluation.to_dict()
     if out:

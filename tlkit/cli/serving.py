@@ -56,7 +56,9 @@ def export_command(run_dir, formats, name, version, force, check):
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True, help="Classes shown per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
-def predict_command(model, images, top_k, as_json, as_csv):
+@click.option("--threshold", type=float,
+              help="Answer unknown below this confidence score [default: the export's, fitted on validation].")
+def predict_command(model, images, top_k, as_json, as_csv, threshold):
     """Classify IMAGES (files or folders) with MODEL: a run folder, a SavedModel folder or a .tflite/.onnx file.
 
     Folders are walked as `tlkit run` walks data: links followed, each real file once (repeats are skipped and
@@ -66,20 +68,24 @@ def predict_command(model, images, top_k, as_json, as_csv):
 
     if as_json and as_csv:
         raise TlkitError("choose one of --json and --csv")
-    predictions, failures = predict_files(load_predictor(model), list(images), top_k)
+    predictor = load_predictor(model)
+    predictions, failures = predict_files(predictor, list(images), top_k, threshold)
+    score = predictor.confidence.score
     if as_json:
-        click.echo(json.dumps([{"file": str(p.path), "class": p.top[0][0], "probability": p.top[0][1],
+        click.echo(json.dumps([{"file": str(p.path), "class": p.answer, "probability": p.top[0][1], score: p.score,
                                 "top_k": [{"class": c, "probability": v} for c, v in p.top]}
                                for p in predictions], indent=2))
     elif as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         k = max((len(p.top) for p in predictions), default=0)
-        writer.writerow(["file"] + [f"{col}_{i}" for i in range(1, k + 1) for col in ("class", "probability")])
+        writer.writerow(["file", "answer", score] + [f"{col}_{i}" for i in range(1, k + 1)
+                                                     for col in ("class", "probability")])
         for p in predictions:
-            writer.writerow([p.path] + [v for c, prob in p.top for v in (c, f"{prob:.6f}")])
+            writer.writerow([p.path, p.answer, f"{p.score:.6f}"] + [v for c, prob in p.top for v in (c, f"{prob:.6f}")])
     elif predictions:
-        _table([[str(p.path), p.top[0][0], f"{p.top[0][1]:.4f}", ", ".join(f"{c} {v:.4f}" for c, v in p.top)]
-                for p in predictions], ["file", "class", "probability", f"top-{top_k}"])
+        _table([[str(p.path), p.answer, f"{p.top[0][1]:.4f}", f"{p.score:.4f}",
+                 ", ".join(f"{c} {v:.4f}" for c, v in p.top)] for p in predictions],
+               ["file", "answer", "probability", score, f"top-{top_k}"])
     repeats = [(path, reason) for path, reason in failures if repeated(reason)]
     failures = [(path, reason) for path, reason in failures if not repeated(reason)]
     for path, reason in repeats:

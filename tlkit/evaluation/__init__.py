@@ -1,1 +1,2 @@
-"""Evaluation: figures from predictions, predictions from models, and the reports people read."""
+"""Evaluation: figures from predictions, calibration and unknown answers fitted on validation, predictions from
+models, Grad-CAM explanations, and the reports people read."""

@@ -13,16 +13,16 @@ import numpy as np
 
 from tlkit.data import SPLITS, ImageData
 from tlkit.errors import TlkitError
+from tlkit.evaluation.confidence import (all_scores, auroc, coverage_curve, expected_calibration_error,
+                                        model_outputs, reliability, selective)
 from tlkit.evaluation.metrics import figures
 from tlkit.images import decode_all
-from tlkit.model import inference
 from tlkit.runfolder import RunFolder
 from tlkit.serving.layout import find_savedmodel
 from tlkit.serving.predictors import load_predictor
-from tlkit.serving.signatures import probabilities
+from tlkit.serving.signatures import Confidence, calibrated
 from tlkit.recipe import Data, is_from_scratch
 from tlkit.sources import Listing, list_source, list_tfds
-from tlkit.ui import progress
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,43 @@ class Evaluation:
     report_dir: Path | None = None  # where `tlkit evaluate` writes the report unless told otherwise
     images: np.ndarray | None = None  # decoded pixels in the order of paths, when at hand (TFDS has no files)
     random_init: str | None = None  # the model was trained without pretrained weights: how (None: it was not)
+    confidence: Confidence | None = None  # the calibration and threshold the probabilities and scores come with
+    scores: dict[str, np.ndarray] = field(default_factory=dict)  # confidence scores by name (an export: its own)
+    threshold: float | None = None  # the threshold applied (--threshold), else the confidence record's
+    raw_probabilities: np.ndarray | None = None  # before calibration (a Keras model's, not an export's)
+    keras: object | None = None  # the Keras model, when the predictions are its own (explanations need it)
 
     @cached_property
     def figures(self) -> dict:
         return figures(self.labels, self.probabilities, self.class_names, self.top_k)
+
+    @property
+    def applied_threshold(self) -> float | None:
+        return self.threshold if self.threshold is not None else (self.confidence and self.confidence.threshold)
+
+    @cached_property
+    def trust(self) -> dict | None:
+        """Calibration (ECE, reliability) and unknown answers (coverage and accuracy at the threshold, AUROC of each
+        score on correct vs misclassified images, each score's accuracy-coverage curve) on these images, and the fit on
+        validation that chose them; None without a confidence record."""
+        if self.confidence is None:
+            return None
+        c, threshold = self.confidence, self.applied_threshold
+        correct = self.probabilities.argmax(axis=1) == self.labels
+        score = self.scores[c.score]
+        result = {"score": c.score, "threshold": threshold, "unknown_label": c.unknown_label,
+                  "threshold_from": "--threshold" if self.threshold is not None else "the run (fitted on validation)",
+                  "temperature": c.temperature, **selective(score, correct, threshold),
+                  "unknown": int(np.sum(~c.answered(score, threshold))),
+                  "auroc": {name: auroc(s[correct], s[~correct]) for name, s in self.scores.items()},
+                  "auroc_on": "correct vs misclassified images of this data",
+                  "curves": {name: coverage_curve(s, correct) for name, s in self.scores.items()},
+                  "ece": expected_calibration_error(self.probabilities, self.labels),
+                  "reliability": reliability(self.probabilities, self.labels), "fit": c.fit}
+        if self.raw_probabilities is not None:
+            result["ece_uncalibrated"] = expected_calibration_error(self.raw_probabilities, self.labels)
+            result["reliability_uncalibrated"] = reliability(self.raw_probabilities, self.labels)
+        return result
 
     def mistakes(self) -> list[dict]:
         """Misclassified images, worst first (lowest probability given to the true class)."""
@@ -62,7 +95,8 @@ class Evaluation:
     def to_dict(self) -> dict:
         """Everything as one JSON-ready object: what was evaluated, the figures, mistakes and skipped files."""
         return {"model": self.model, "data": self.data, "random_init": self.random_init, **self.figures,
-                "misclassified": self.mistakes(), "skipped": [{"path": str(p), "reason": r} for p, r in self.skipped]}
+                "misclassified": self.mistakes(), "confidence": self.trust,
+                "skipped": [{"path": str(p), "reason": r} for p, r in self.skipped]}
 
 
 def random_init(run: RunFolder) -> str | None:
@@ -80,28 +114,34 @@ def default_split(split_names) -> str:
     return "test" if "test" in split_names else "val"
 
 
-def predict(model, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Class probabilities ``(N, classes)`` of a Keras classifier on uint8 pixels ``(N, size, size, 3)``."""
-    forward = inference(model)
-    batches = [forward(pixels[i:i + batch_size].astype(np.float32)).numpy()
-               for i in progress(range(0, len(pixels), batch_size), desc="predict", unit="batch")]
-    return np.asarray(probabilities(np.concatenate(batches)))
+def keras_answers(model, pixels: np.ndarray, confidence: Confidence, batch_size: int = 32) -> dict:
+    """A Keras classifier on uint8 pixels ``(N, size, size, 3)``, answered as its exports answer: raw and calibrated
+    probabilities ``(N, classes)`` and every confidence score."""
+    logits, features = model_outputs(model, pixels, batch_size)
+    probs = calibrated(logits, confidence.temperature).numpy()
+    return {"raw_probabilities": calibrated(logits, 1.0).numpy(), "probabilities": probs,
+            "scores": all_scores(probs, features, confidence)}
 
 
 def evaluate_split(model, data: ImageData, run: RunFolder, batch_size: int = 32, name: str | None = None) -> Evaluation:
-    """A split of the run (default: the one it is judged on), already decoded in memory, as ``tlkit run`` does."""
+    """A split of the run (default: the one it is judged on), already decoded in memory, as ``tlkit run`` does,
+    with the run's confidence record."""
     name = name or default_split(data.splits)
     split = data.splits[name]
+    confidence = Confidence.read(run.path)
+    answers = keras_answers(model, split.images, confidence, batch_size)
     return Evaluation(str(run.path), f"{name} split", data.class_names, split.paths, split.labels,
-                      predict(model, split.images, batch_size), list(data.skipped), run=run, report_dir=run.path,
-                      images=split.images, random_init=random_init(run))
+                      answers.pop("probabilities"), list(data.skipped), run=run, report_dir=run.path,
+                      images=split.images, random_init=random_init(run), confidence=confidence, keras=model,
+                      **answers)
 
 
 def evaluate(model: str | Path, data: str | Path | None = None, *, spec: Data | None = None, top_k: int = 5,
-             batch_size: int = 32) -> Evaluation:
+             batch_size: int = 32, threshold: float | None = None) -> Evaluation:
     """Evaluate a run folder or an exported model on a split of the run (``val``, ``test``, ``train``) or on
     every labelled image of a data source (class folders, split folders, a CSV read as ``spec`` says, TFDS); by
-    default the run's test split if it has one, else its val split.
+    default the run's test split if it has one, else its val split. ``threshold`` replaces the confidence
+    record's threshold for the unknown answers.
 
     The report goes in the run folder for its default split, in ``RUN/evaluations/DATA`` for other data.
     """
@@ -110,7 +150,9 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, spec: Data | 
     if not run.model_file.is_file():
         export = find_savedmodel(path)
         if export is not None:
-            return _evaluate_export(export, data, spec, top_k)
+            evaluation = _evaluate_export(export, data, spec, top_k)
+            evaluation.threshold = threshold
+            return evaluation
         raise TlkitError(f"{path} is neither a run folder (with model.keras) nor an exported model (with "
                          "saved_model.pb); pass the --out folder of `tlkit run` or its export/NAME/VERSION folder")
     recipe, class_names = run.recipe(), run.class_names()
@@ -133,10 +175,14 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, spec: Data | 
         description = listing.source
     pixels, failures, ok = decode_all(paths, recipe.size, description, listing and listing.payloads(paths))
     _require_images(ok, description)
-    probabilities = predict(run.load_model(), pixels, batch_size)
+    keras_model, confidence = run.load_model(), Confidence.read(run.path)
+    answers = keras_answers(keras_model, pixels, confidence, batch_size)
     report_dir = run.path if name == default else run.path / "evaluations" / Path(name).name
-    return _evaluation(str(path), description, class_names, paths, labels, ok, probabilities, skipped + failures,
-                       top_k, run, report_dir, pixels)
+    evaluation = _evaluation(str(path), description, class_names, paths, labels, ok, answers.pop("probabilities"),
+                             skipped + failures, top_k, run, report_dir, pixels)
+    evaluation.confidence, evaluation.keras, evaluation.threshold = confidence, keras_model, threshold
+    evaluation.scores, evaluation.raw_probabilities = answers["scores"], answers["raw_probabilities"]
+    return evaluation
 
 
 def labelled(listing: Listing, class_names: list[str]) -> tuple[list, np.ndarray, list]:
@@ -180,5 +226,8 @@ def _evaluate_export(export: Path, data, spec: Data | None, top_k: int) -> Evalu
     paths, labels, skipped = labelled(listing, predictor.class_names)
     pixels, failures, ok = decode_all(paths, predictor.size, listing.source, listing.payloads(paths))
     _require_images(ok, listing.source)
-    return _evaluation(str(export), listing.source, predictor.class_names, paths, labels, ok,
-                       predictor.probabilities(pixels), skipped + failures, top_k)
+    probabilities, score = predictor.answers(pixels)
+    evaluation = _evaluation(str(export), listing.source, predictor.class_names, paths, labels, ok, probabilities,
+                             skipped + failures, top_k, images=pixels)
+    evaluation.confidence, evaluation.scores = predictor.confidence, {predictor.confidence.score: score}
+    return evaluation

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tlkit.evaluation.evaluate import Evaluation
+from tlkit.evaluation.explain import mistakes_sheet
 from tlkit.images import decode_image
 from tlkit.runfolder import RunFolder
 from tlkit.training.stage import stage_title
@@ -22,27 +23,39 @@ log = logging.getLogger(__name__)
 SHOWN_MISTAKES = 24  # images on the contact sheet and rows on the page
 SHOWN_DUPLICATES = 60  # rows of moved or conflicting duplicates on the page (duplicates.csv has all)
 LISTED_MISTAKES = 10  # lines in the terminal
+EXPLAINED_MISTAKES = 6  # Grad-CAM rows on the page
 
 
 def write_report(evaluation: Evaluation, out: str | Path) -> Path:
     """Write evaluation.json, confusion_matrix.png, misclassified.png, training_curves.png (when the model
-    came from a run) and report.html (with the run's duplicate groups, when it kept any together) into
-    ``out``; return the page's path."""
+    came from a run), reliability.png and accuracy_coverage.png (with a confidence record), explanations.png
+    (Grad-CAM of the worst mistakes, for a Keras model) and report.html (with the run's duplicate groups, when
+    it kept any together) into ``out``; return the page's path."""
     folder = RunFolder(out)
     folder.path.mkdir(parents=True, exist_ok=True)
     result = evaluation.to_dict()
     folder.write_json(folder.evaluation_file, result)
     confusion_plot(result, folder.confusion_file)
     misclassified_sheet(evaluation, folder.misclassified_file)
-    curves = None
+    pictures = {"confusion": folder.confusion_file, "misclassified": folder.misclassified_file}
     if evaluation.run and evaluation.run.history_file.is_file():
-        curves = folder.curves_file
-        training_curves(RunFolder.read_csv(evaluation.run.history_file), curves)
+        pictures["curves"] = folder.curves_file
+        training_curves(RunFolder.read_csv(evaluation.run.history_file), folder.curves_file)
+    if result["confidence"]:
+        pictures["reliability"], pictures["coverage"] = folder.reliability_file, folder.coverage_file
+        reliability_plot(result["confidence"], folder.reliability_file)
+        coverage_plot(result["confidence"], folder.coverage_file)
+    worst = result["misclassified"][:EXPLAINED_MISTAKES]
+    if evaluation.keras is not None and worst:
+        row_of = {str(path): i for i, path in enumerate(evaluation.paths)}
+        pixels = np.stack([decode_image(Path(m["path"]), evaluation.images.shape[1]) if evaluation.images is None
+                           else evaluation.images[row_of[m["path"]]] for m in worst])
+        pictures["explanations"] = folder.explanations_file
+        mistakes_sheet(evaluation.keras, pixels, worst, evaluation.class_names, folder.explanations_file)
     duplicates = None
     if evaluation.run and evaluation.run.duplicates_file.is_file():
         duplicates = RunFolder.read_csv(evaluation.run.duplicates_file)
-    folder.report_file.write_text(html_page(result, folder.confusion_file, folder.misclassified_file, curves,
-                                            duplicates),
+    folder.report_file.write_text(html_page(result, pictures, duplicates),
                                   encoding="utf-8", errors="backslashreplace")  # file names that are not UTF-8
     log.info("report: %s (accuracy %.4f on %d images of %s)", folder.report_file, result["accuracy"],
              result["images"], result["data"])
@@ -143,6 +156,51 @@ def misclassified_sheet(evaluation: Evaluation, file: Path, limit: int = SHOWN_M
     figure.savefig(file, dpi=100)
 
 
+def reliability_plot(trust: dict, file: Path) -> None:
+    """The reliability diagram: accuracy against confidence per bin, before and after calibration."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5.6, 5), layout="constrained")
+    ax = figure.subplots()
+    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfect calibration")
+    lines = (("reliability_uncalibrated", f"uncalibrated (ECE {trust.get('ece_uncalibrated', 0):.3f})", "s--"),
+             ("reliability", f"temperature {trust['temperature']:.2f} (ECE {trust['ece']:.3f})", "o-"))
+    for key, label, style in lines:
+        if key in trust:
+            bins = trust[key]
+            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], style, label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (top probability), per bin")
+    ax.set_ylabel("accuracy in the bin")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("Reliability diagram")
+    figure.savefig(file, dpi=110)
+
+
+def coverage_plot(trust: dict, file: Path) -> None:
+    """Accuracy of the answered images against the share answered, for each score; the threshold in use marked."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 4.6), layout="constrained")
+    ax = figure.subplots()
+    for name, curve in trust["curves"].items():
+        auroc = trust["auroc"].get(name)
+        ax.plot([c["coverage"] for c in curve], [c["accuracy"] for c in curve], "-",
+                label=f"{name} (AUROC {'n/a' if auroc is None else f'{auroc:.3f}'})")
+    if trust["threshold"] is not None and trust["accuracy_answered"] is not None:
+        ax.plot(trust["coverage"], trust["accuracy_answered"], "*", color="crimson", markersize=14,
+                label=f"threshold {trust['threshold']:.3g} on {trust['score']}")
+    ax.set_xlim(0, 1.02)
+    ax.set_xlabel("coverage (share of images answered)")
+    ax.set_ylabel("accuracy of the answered images")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title("Accuracy against coverage")
+    figure.savefig(file, dpi=110)
+
+
 def _number(value) -> float:
     return float(value) if value not in (None, "") else math.nan
 
@@ -181,12 +239,37 @@ def text_report(result: dict) -> str:
                   (f" (first {LISTED_MISTAKES}; --json lists all)" if len(mistakes) > LISTED_MISTAKES else "")]
         lines += [f"  {m['path']}  {m['true']} -> {m['predicted']} ({m['confidence']:.2f})"
                   for m in mistakes[:LISTED_MISTAKES]]
+    lines += _trust_lines(result["confidence"])
     if result["skipped"]:
         lines += ["", f"{len(result['skipped'])} file(s) skipped"]
         lines += [f"  {s['path']}: {s['reason']}" for s in result["skipped"]]
     if result.get("report"):
         lines += ["", f"report: {result['report']}"]
     return "\n".join(lines)
+
+
+def _auroc(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _trust_lines(trust: dict | None) -> list[str]:
+    """Calibration and unknown answers, for the terminal."""
+    if not trust:
+        return []
+    fit = trust["fit"]
+    lines = ["", f"calibration: temperature {trust['temperature']:.3f}, ECE {trust['ece']:.4f}"
+             + (f" ({trust['ece_uncalibrated']:.4f} uncalibrated)" if "ece_uncalibrated" in trust else "")]
+    threshold = "none" if trust["threshold"] is None else f"{trust['threshold']:.4g}"
+    answered = "" if trust["accuracy_answered"] is None else f", accuracy {trust['accuracy_answered']:.4f} of those"
+    lines.append(f"unknown below {threshold} on {trust['score']} ({trust['threshold_from']}): "
+                 f"{trust['unknown']} unknown, {trust['coverage']:.1%} answered{answered}")
+    for name, value in trust["auroc"].items():
+        at_fit = fit.get("auroc", {}).get(name)
+        lines.append(f"  AUROC {name}: {_auroc(value)} ({trust['auroc_on']})"
+                     + (f", {_auroc(at_fit)} at the fit ({fit['auroc_on']})" if fit.get("auroc") else ""))
+    if fit.get("better"):
+        lines.append(f"  {fit['better']} separates better ({fit['auroc_on']})")
+    return lines
 
 
 STYLE = """body{font:15px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -196,10 +279,46 @@ img{max-width:100%;border:1px solid #eee}code{font-size:90%}
 .banner{background:#fff3cd;border:2px solid #e0a800;padding:.7em 1em;font-weight:600}"""
 
 
-def html_page(result: dict, confusion: Path, misclassified: Path, curves: Path | None = None,
-              duplicates: list[dict] | None = None) -> str:
-    """One self-contained page: the tables of ``Evaluation.to_dict()`` and the pictures, embedded; and the
-    run's duplicate groups (rows of duplicates.csv) when given."""
+def _trust_html(result: dict, pictures: dict) -> list[str]:
+    """The page's calibration and unknown-answer sections."""
+    trust = result["confidence"]
+    if not trust:
+        return []
+    fit = trust["fit"]
+    calibration = [("temperature (fitted on validation)", f"{trust['temperature']:.4f}"),
+                   (f"ECE on {result['data']}, calibrated", f"{trust['ece']:.4f}")]
+    if "ece_uncalibrated" in trust:
+        calibration.append((f"ECE on {result['data']}, uncalibrated", f"{trust['ece_uncalibrated']:.4f}"))
+    if "ece_before" in fit:
+        calibration += [("validation ECE before", f"{fit['ece_before']:.4f}"),
+                        ("validation ECE after", f"{fit['ece_after']:.4f}")]
+    threshold = "none (always answer)" if trust["threshold"] is None else f"{trust['threshold']:.6g}"
+    rejection = [("score", trust["score"]), ("threshold", f"{threshold} ({trust['threshold_from']})"),
+                 ("unknown label", trust["unknown_label"]), ("unknown answers", trust["unknown"]),
+                 ("coverage", f"{trust['coverage']:.4f}"),
+                 ("accuracy of the answered", "n/a" if trust["accuracy_answered"] is None
+                  else f"{trust['accuracy_answered']:.4f}"),
+                 ("accuracy, unknown counted wrong", f"{trust['accuracy']:.4f}")]
+    if "target" in fit:
+        rejection.append(("target at the fit", fit["target"]))
+    if "ood_unknown" in fit:
+        rejection.append(("out-of-distribution images answered unknown at the fit", f"{fit['ood_unknown']:.4f}"))
+    scores = [[name, _auroc(value), _auroc(fit.get("auroc", {}).get(name))] for name, value in trust["auroc"].items()]
+    better = (f"<p><b>{html.escape(fit['better'])}</b> separates better on {html.escape(fit['auroc_on'])}; the "
+              f"threshold is on <b>{html.escape(trust['score'])}</b> ({html.escape(fit.get('chosen', ''))}).</p>"
+              if fit.get("better") else "")
+    return ["<h2>Calibration</h2>", html_table(["figure", "value"], calibration),
+            _image(pictures["reliability"], "reliability diagram"),
+            "<h2>Unknown answers</h2>", html_table(["figure", "value"], rejection),
+            html_table(["score", f"AUROC: {trust['auroc_on']}", f"AUROC at the fit: {fit.get('auroc_on', '')}"],
+                       scores),
+            better, _image(pictures["coverage"], "accuracy against coverage")]
+
+
+def html_page(result: dict, pictures: dict[str, Path], duplicates: list[dict] | None = None) -> str:
+    """One self-contained page: the tables of ``Evaluation.to_dict()`` and the pictures (``write_report``'s
+    names: confusion, misclassified, and when made curves, reliability, coverage, explanations), embedded;
+    and the run's duplicate groups (rows of duplicates.csv) when given."""
     e = html.escape
     summary = [("images", result["images"]), ("accuracy", f"{result['accuracy']:.4f}"),
                (f"top-{result['top_k']} accuracy", f"{result['top_k_accuracy']:.4f}"),
@@ -221,12 +340,16 @@ def html_page(result: dict, confusion: Path, misclassified: Path, curves: Path |
              f"{result['images']} images, {len(result['classes'])} classes.</p>",
              "<h2>Summary</h2>", html_table(["figure", "value"], summary),
              "<h2>Per class</h2>", html_table(["class", "precision", "recall", "f1", "support"], per_class),
-             "<h2>Confusion matrix</h2>", _image(confusion, "confusion matrix"),
+             "<h2>Confusion matrix</h2>", _image(pictures["confusion"], "confusion matrix"),
              "<p>Rows: true class; columns: predicted class.</p>", html_table(["", *result["classes"]], confusion_rows),
-             *(["<h2>Training curves</h2>", _image(curves, "training curves")] if curves else []),
+             *(["<h2>Training curves</h2>", _image(pictures["curves"], "training curves")]
+               if "curves" in pictures else []),
+             *_trust_html(result, pictures),
              f"<h2>Misclassified ({len(result['misclassified'])}, worst first)</h2>",
-             _image(misclassified, "worst mistakes"),
+             _image(pictures["misclassified"], "worst mistakes"),
              html_table(["file", "true", "predicted", "confidence"], mistakes) if mistakes else "",
+             *(["<h2>Why: Grad-CAM of the worst mistakes</h2>", _image(pictures["explanations"], "explanations")]
+               if "explanations" in pictures else []),
              f"<h2>Skipped files ({len(skipped)})</h2>",
              html_table(["file", "reason"], skipped) if skipped else "<p>None.</p>",
              *(_duplicates_section(duplicates) if duplicates is not None else []), "</body></html>"]

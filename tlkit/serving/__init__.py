@@ -1,2 +1,2 @@
-"""Serving: signatures and decoder (the leaf), the SavedModel, TFLite and ONNX converters, the export layout,
-predictors, the agreement check, and the export orchestration on top."""
+"""Serving: signatures, decoder and confidence record (the leaf), the SavedModel, TFLite (with its metadata) and ONNX
+converters, the export layout, predictors, the agreement check, model cards, and the export orchestration on top."""

@@ -9,7 +9,7 @@ from tlkit.backbones import BACKBONES
 from tlkit.runfolder import RunFolder
 from tlkit.serving.layout import Export
 from tlkit.serving.predictors import BATCH, load_predictor
-from tlkit.serving.signatures import probabilities
+from tlkit.serving.signatures import Confidence, pixel_function
 
 log = logging.getLogger(__name__)
 
@@ -23,15 +23,17 @@ def agreement(reference: np.ndarray, probs: np.ndarray) -> dict:
 
 
 def check_exports(folder: RunFolder, exports: list[Export], model) -> None:
-    """Fill each export's ``check`` with its agreement with the Keras model on the validation split; warn where
-    the base's record advises against full-integer int8."""
-    recipe = folder.recipe()
+    """Fill each export's ``check`` with its agreement with the Keras model, calibrated as the exports are, on the
+    validation split; warn where the base's record advises against full-integer int8."""
+    recipe, confidence = folder.recipe(), Confidence.read(folder.path)
     backbone = BACKBONES.get(recipe.base)
     if backbone and backbone.int8 and any("int8" in export.files for export in exports):
         log.warning("int8 is not advised for base %s: %s; serve the float16 or dynamic variant", recipe.base,
                     backbone.int8)
     pixels = folder.split_pixels("val", recipe.size, "check")
-    reference = np.asarray(probabilities(model.predict(pixels.astype(np.float32), batch_size=BATCH, verbose=0)))
+    predict = pixel_function(model, recipe.size, confidence)
+    reference = np.concatenate([predict(pixels[i:i + BATCH].astype(np.float32))["probabilities"].numpy()
+                                for i in range(0, len(pixels), BATCH)])
     for export in exports:
         for variant, entry in export.files.items():
             result = export.check[variant] = agreement(reference, load_predictor(folder.path / entry["path"])

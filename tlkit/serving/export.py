@@ -8,10 +8,12 @@ from pathlib import Path
 
 from tlkit.errors import TlkitError
 from tlkit.runfolder import RunFolder
+from tlkit.serving.card import write_model_card
 from tlkit.serving.check import check_exports
 from tlkit.serving.layout import FORMATS, Export, file_entry, format_dir, next_version, record, refuse_existing
 from tlkit.serving.onnx import export_onnx, onnx_missing, require_onnx
 from tlkit.serving.savedmodel import write_savedmodel
+from tlkit.serving.signatures import Confidence
 from tlkit.serving.tflite import export_tflite
 from tlkit.storage import atomic_dir
 
@@ -39,21 +41,11 @@ def parse_formats(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def export_savedmodel(model, class_names: list[str], size: int, export_root: Path, name: str,
-                      version: int | None = None, force: bool = False) -> Path:
-    """Write ``export_root/name/version`` atomically (the next free version by default); return its path."""
-    target = format_dir(Path(export_root), "savedmodel", name) / str(version or next_version(Path(export_root), name))
-    refuse_existing(target, force)
-    with atomic_dir(target, replace=force) as tmp:
-        write_savedmodel(model, class_names, size, tmp)
-    log.info("exported SavedModel to %s", target)
-    return target
-
-
 def export_run(folder: RunFolder, formats=("savedmodel",), name: str = "model", version: int | None = None,
                force: bool = False, check: bool = False, model=None) -> list[Export]:
     """Export a finished run in each format and record it in ``export/manifest.json``; ``check`` also
-    measures agreement with the Keras model on the validation split. ``model``: the loaded Keras model."""
+    measures agreement with the Keras model on the validation split. ``model``: the loaded Keras model. Every
+    export answers with the run's calibration and threshold (``confidence.json``) and has a MODEL_CARD.md."""
     if not formats:
         return []
     if "onnx" in formats:
@@ -73,20 +65,22 @@ def _export(folder: RunFolder, formats, name: str, version: int | None, force: b
         refuse_existing(target, force)
     model = folder.load_model() if model is None else model
     class_names, size = folder.class_names(), folder.recipe().size
+    confidence = Confidence.read(folder.path)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     exports = []
     try:
         for fmt, target in targets.items():
             with atomic_dir(target, replace=force) as tmp:
                 if fmt == "savedmodel":
-                    write_savedmodel(model, class_names, size, tmp)
+                    write_savedmodel(model, class_names, size, tmp, confidence)
                     files = {"savedmodel": target}
                 elif fmt == "tflite":
                     calibration = folder.split_pixels("train", size, "calibration", CALIBRATION_IMAGES)
                     files = {variant: target / path.name for variant, path in export_tflite(
-                        model, class_names, size, tmp, name, calibration).items()}
+                        model, class_names, size, tmp, name, calibration, confidence, version=str(version)).items()}
                 else:
-                    files = {"onnx": target / export_onnx(model, class_names, size, tmp, name).name}
+                    files = {"onnx": target / export_onnx(model, class_names, size, tmp, name, confidence).name}
+                write_model_card(folder, tmp, fmt, confidence)
             log.info("exported %s to %s", fmt, target)
             exports.append(Export(name, version, fmt, target.relative_to(folder.path).as_posix(),
                                   {v: file_entry(folder.path, p) for v, p in files.items()}, created))

@@ -1,11 +1,12 @@
-"""ONNX export through tf2onnx (the optional ``onnx`` extra): float32 pixels in, probabilities out."""
+"""ONNX export through tf2onnx (the optional ``onnx`` extra): float32 pixels in, calibrated probabilities and the
+confidence score out."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
 from tlkit.errors import TlkitError
-from tlkit.serving.signatures import pixel_function, write_labels
+from tlkit.serving.signatures import Confidence, pixel_function, write_labels
 
 OPSET = 17
 
@@ -27,15 +28,15 @@ def require_onnx() -> None:
         raise TlkitError(missing)
 
 
-def export_onnx(model, class_names: list[str], size: int, folder: Path, name: str) -> Path:
-    """Write ``NAME.onnx`` and ``labels.txt`` into ``folder``."""
+def export_onnx(model, class_names: list[str], size: int, folder: Path, name: str, confidence: Confidence) -> Path:
+    """Write ``NAME.onnx``, ``labels.txt`` and ``confidence.json`` into ``folder``."""
     require_onnx()
     import tf2onnx
 
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)
-    predict = pixel_function(model, size)
+    predict = pixel_function(model, size, confidence)
     path = folder / f"{name}.onnx"
     tf2onnx.convert.from_function(predict, input_signature=predict.input_signature, opset=OPSET,
                                   output_path=str(path))
-    write_labels(folder, class_names)
+    write_labels(folder, class_names, confidence)
     return path

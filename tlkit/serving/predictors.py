@@ -12,25 +12,33 @@ from tlkit.errors import TlkitError
 from tlkit.files import files_in
 from tlkit.images import decode_all
 from tlkit.serving.layout import find_savedmodel
-from tlkit.serving.signatures import LABELS_FILE, read_labels
+from tlkit.serving.metadata import output_name
+from tlkit.serving.signatures import LABELS_FILE, Confidence, read_labels
 
 BATCH = 32
 
 
 class Predictor:
-    """An exported classifier: its class names, its input side, and probabilities for uint8 pixels."""
+    """An exported classifier: its class names, its input side, its confidence record (calibration, score,
+    threshold), and its answers for uint8 pixels."""
 
     kind = ""
 
-    def __init__(self, path: Path, class_names: list[str], size: int):
-        self.path, self.class_names, self.size = path, class_names, size
+    def __init__(self, path: Path, class_names: list[str], size: int, confidence: Confidence):
+        self.path, self.class_names, self.size, self.confidence = path, class_names, size, confidence
+
+    def answers(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(N, size, size, 3)`` uint8 pixels -> calibrated probabilities ``(N, classes)`` and scores ``(N,)``."""
+        batches = [self._batch(pixels[i:i + BATCH]) for i in range(0, len(pixels), BATCH)]
+        if not batches:
+            return np.zeros((0, len(self.class_names)), np.float32), np.zeros(0, np.float32)
+        return (np.concatenate([b["probabilities"] for b in batches]),
+                np.concatenate([np.reshape(b["score"], -1) for b in batches]))
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        """``(N, size, size, 3)`` uint8 pixels -> ``(N, classes)`` float32 probabilities."""
-        batches = [self._batch(pixels[i:i + BATCH]) for i in range(0, len(pixels), BATCH)]
-        return np.concatenate(batches) if batches else np.zeros((0, len(self.class_names)), np.float32)
+        return self.answers(pixels)[0]
 
-    def _batch(self, pixels: np.ndarray) -> np.ndarray:
+    def _batch(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
 
@@ -47,15 +55,18 @@ class SavedModelPredictor(Predictor):
             raise TlkitError(f"{path} is not a tlkit SavedModel export (no serving_pixels signature or image "
                              "size); re-export the run with `tlkit export`")
         self.loaded, self._serve = loaded, loaded.signatures["serving_pixels"]
-        super().__init__(path, read_labels(path / "assets" / LABELS_FILE), int(loaded.image_size[0].numpy()))
+        super().__init__(path, read_labels(path / "assets" / LABELS_FILE), int(loaded.image_size[0].numpy()),
+                         Confidence.read(path / "assets"))
 
     def _batch(self, pixels):
         import tensorflow as tf
-        return self._serve(pixels=tf.constant(pixels, tf.uint8))["probabilities"].numpy()
+        out = self._serve(pixels=tf.constant(pixels, tf.uint8))
+        return {name: out[name].numpy() for name in ("probabilities", "score")}
 
 
 class TFLitePredictor(Predictor):
-    """A ``.tflite`` file with ``labels.txt`` beside it; integer inputs and outputs are (de)quantized."""
+    """A ``.tflite`` file with ``labels.txt`` and ``confidence.json`` beside it; integer inputs and outputs are
+    (de)quantized."""
 
     kind = "tflite"
 
@@ -66,9 +77,10 @@ class TFLitePredictor(Predictor):
             warnings.simplefilter("ignore")
             self._interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
         self._input = self._interpreter.get_input_details()[0]
-        self._output = self._interpreter.get_output_details()[0]
+        self._outputs = {output_name(len(d["shape"])): d for d in self._interpreter.get_output_details()}
         self._shape = None
-        super().__init__(path, read_labels(path.parent / LABELS_FILE), int(self._input["shape"][1]))
+        super().__init__(path, read_labels(path.parent / LABELS_FILE), int(self._input["shape"][1]),
+                         Confidence.read(path.parent))
 
     def _batch(self, pixels):
         if self._shape != pixels.shape:
@@ -83,11 +95,14 @@ class TFLitePredictor(Predictor):
             x = np.clip(np.round(x / scale + zero), info.min, info.max)
         self._interpreter.set_tensor(self._input["index"], x.astype(dtype))
         self._interpreter.invoke()
-        y = self._interpreter.get_tensor(self._output["index"])
-        if np.issubdtype(y.dtype, np.integer):
-            scale, zero = self._output["quantization"]
-            y = (y.astype(np.float32) - zero) * scale
-        return y
+        out = {}
+        for name, details in self._outputs.items():
+            y = self._interpreter.get_tensor(details["index"])
+            if np.issubdtype(y.dtype, np.integer):
+                scale, zero = details["quantization"]
+                y = (y.astype(np.float32) - zero) * scale
+            out[name] = y
+        return out
 
 
 class OnnxPredictor(Predictor):
@@ -102,10 +117,12 @@ class OnnxPredictor(Predictor):
 
         self._session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0]
-        super().__init__(path, read_labels(path.parent / LABELS_FILE), int(self._input.shape[1]))
+        self._names = [o.name for o in self._session.get_outputs()]
+        super().__init__(path, read_labels(path.parent / LABELS_FILE), int(self._input.shape[1]),
+                         Confidence.read(path.parent))
 
     def _batch(self, pixels):
-        return self._session.run(None, {self._input.name: pixels.astype(np.float32)})[0]
+        return dict(zip(self._names, self._session.run(None, {self._input.name: pixels.astype(np.float32)})))
 
 
 def load_predictor(model: str | Path) -> Predictor:
@@ -122,21 +139,28 @@ def load_predictor(model: str | Path) -> Predictor:
 
 @dataclass
 class Prediction:
-    """One image's answer: the top classes with their probabilities, best first."""
+    """One image's answer (a class, or the unknown label below the threshold), its confidence score, and the top
+    classes with their probabilities, best first (always the raw ranking)."""
 
     path: Path
+    answer: str
+    score: float
     top: list[tuple[str, float]]
 
 
-def predict_files(predictor: Predictor, inputs: list[str | Path], top_k: int = 3
+def predict_files(predictor: Predictor, inputs: list[str | Path], top_k: int = 3, threshold: float | None = None
                   ) -> tuple[list[Prediction], list[tuple[Path, str]]]:
-    """Predict every image file given or found in given folders; also return each unreadable file and why."""
+    """Predict every image file given or found in given folders, answering the unknown label below ``threshold``
+    (default: the export's); also return each unreadable file and why."""
     files, failures = files_in(inputs)
     pixels, unreadable, ok = decode_all(files, predictor.size, "predict")
-    probs = predictor.probabilities(pixels)
+    probs, scores = predictor.answers(pixels)
+    answered = predictor.confidence.answered(scores, threshold)
     k = min(top_k, len(predictor.class_names))
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     readable = [f for f, good in zip(files, ok) if good]
-    predictions = [Prediction(path, [(predictor.class_names[i], float(p[i])) for i in top])
-                   for path, p, top in zip(readable, probs, order)]
+    unknown = predictor.confidence.unknown_label
+    predictions = [Prediction(path, predictor.class_names[top[0]] if known else unknown, float(score),
+                              [(predictor.class_names[i], float(p[i])) for i in top])
+                   for path, p, top, score, known in zip(readable, probs, order, scores, answered)]
     return predictions, failures + unreadable

@@ -1,33 +1,91 @@
-"""The leaf of serving: what every export computes and how it labels answers. Probabilities from the model's
-output, the pixel function the converters take, the in-graph decoder that matches training pixel for pixel,
-the SavedModel signatures, and the labels file beside every artefact."""
+"""The leaf of serving: what every export computes and how it labels answers. The calibrated probabilities and the
+confidence score (:class:`Confidence`, fitted at the end of a run), the pixel function the converters take, the
+in-graph decoder that matches training pixel for pixel, the SavedModel signatures, and the files beside every
+artefact (labels, confidence)."""
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from tlkit.errors import TlkitError
 from tlkit.images import resize_tensor
+from tlkit.model import feature_map, head_logits, pooled
+from tlkit.runfolder import CONFIDENCE_FILE
 
 TOP_K = 5
 LABELS_FILE = "labels.txt"
+SCORES = ("max_probability", "class_mean_similarity")
 _EXIF_WINDOW = 1024  # bytes of the EXIF block searched for the orientation tag (IFD0 sits at its start)
 
 
-def probabilities(outputs):
-    """Class probabilities from the model's output (a single sigmoid unit becomes two columns)."""
-    if outputs.shape[-1] == 1:
-        return tf.concat([1.0 - outputs, outputs], axis=-1)
-    return outputs
+@dataclass
+class Confidence:
+    """How answers are calibrated and when they are unknown: probabilities are ``softmax(logits / temperature)``;
+    an image whose ``score`` is below ``threshold`` (None: never) is answered ``unknown_label``."""
+
+    temperature: float = 1.0
+    score: str = "max_probability"  # one of SCORES
+    threshold: float | None = None
+    unknown_label: str = "unknown"
+    class_means: list | None = None  # (classes, channels) unit mean of the pooled base features of each class
+    fit: dict = field(default_factory=dict)  # how it was chosen on validation (figures for the report and card)
+
+    def answered(self, scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Which scores get an answer under ``threshold`` (default: this record's)."""
+        threshold = self.threshold if threshold is None else threshold
+        return np.ones(len(scores), bool) if threshold is None else np.asarray(scores) >= threshold
+
+    def write(self, folder: Path, means: bool = True) -> Path:
+        """``confidence.json`` in ``folder``; exports leave out the class means (their graph holds them)."""
+        record = asdict(self)
+        if not means:
+            record.pop("class_means")
+        path = Path(folder) / CONFIDENCE_FILE
+        path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def read(cls, folder: Path) -> "Confidence":
+        path = Path(folder) / CONFIDENCE_FILE
+        if not path.is_file():
+            raise TlkitError(f"{path} is missing; it holds the calibration and threshold (re-export the run, or "
+                             "rerun it: runs before calibration have none)")
+        return cls(**json.loads(path.read_text(encoding="utf-8")))
 
 
-def pixel_function(model, size: int, dtype=tf.float32):
-    """``pixels (N, size, size, 3) -> {"probabilities"}``, inference mode: what TFLite and ONNX convert."""
+def scores(name: str, probabilities, features, class_means=None):
+    """A confidence score per image (higher: more sure) from calibrated probabilities ``(N, classes)`` and pooled
+    base features ``(N, channels)``; graph ops, so exports and evaluation share it."""
+    if name == "max_probability":
+        return tf.reduce_max(probabilities, axis=-1)
+    if name == "class_mean_similarity":  # cosine similarity to the mean of the class answered
+        unit = tf.math.l2_normalize(tf.cast(features, tf.float32), axis=-1)
+        similarity = tf.matmul(unit, tf.constant(class_means, tf.float32), transpose_b=True)
+        return tf.gather(similarity, tf.argmax(probabilities, axis=-1), batch_dims=1)
+    raise TlkitError(f"unknown confidence score {name!r}; choose from {', '.join(SCORES)}")
+
+
+def calibrated(logits, temperature: float):
+    return tf.nn.softmax(tf.cast(logits, tf.float32) / temperature, axis=-1)
+
+
+def outputs(model, pixels, confidence: Confidence) -> dict:
+    """``{"probabilities": calibrated (N, classes), "score": (N,)}`` of the classifier on raw pixels."""
+    features = feature_map(model, tf.cast(pixels, tf.float32))
+    probs = calibrated(head_logits(model, features), confidence.temperature)
+    return {"probabilities": probs,
+            "score": scores(confidence.score, probs, pooled(features), confidence.class_means)}
+
+
+def pixel_function(model, size: int, confidence: Confidence, dtype=tf.float32):
+    """``pixels (N, size, size, 3) -> {"probabilities", "score"}``, inference mode: what TFLite and ONNX convert."""
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], dtype, name="pixels")])
     def predict(pixels):
-        return {"probabilities": probabilities(tf.cast(model(tf.cast(pixels, tf.float32), training=False),
-                                                       tf.float32))}
+        return outputs(model, pixels, confidence)
     return predict
 
 
@@ -82,16 +140,21 @@ def decode_tensor(data, size: int):
     return resize_tensor(image, size)
 
 
-def serving_functions(model, class_names: list[str], size: int):
-    """The two signatures: ``serving_default`` (encoded images) and ``serving_pixels`` (uint8 pixels)."""
+def serving_functions(model, class_names: list[str], size: int, confidence: Confidence):
+    """The two signatures: ``serving_default`` (encoded images) and ``serving_pixels`` (uint8 pixels). Below the
+    threshold ``class_ids`` is -1 and ``class_names`` the unknown label; the top-k are always the raw ranking."""
     names = tf.constant(class_names)
     k = min(TOP_K, len(class_names))
+    threshold = -np.inf if confidence.threshold is None else confidence.threshold
 
     def answer(pixels):
-        probs = probabilities(tf.cast(model(tf.cast(pixels, tf.float32), training=False), tf.float32))
+        out = outputs(model, pixels, confidence)
+        probs, score = out["probabilities"], out["score"]
         top = tf.math.top_k(probs, k)
         ids = tf.argmax(probs, axis=-1, output_type=tf.int32)
-        return {"probabilities": probs, "class_ids": ids, "class_names": tf.gather(names, ids),
+        known = score >= threshold
+        return {"probabilities": probs, "score": score, "class_ids": tf.where(known, ids, -1),
+                "class_names": tf.where(known, tf.gather(names, ids), confidence.unknown_label),
                 "top_k_class_ids": top.indices, "top_k_probabilities": top.values,
                 "top_k_class_names": tf.gather(names, top.indices)}
 
@@ -108,9 +171,12 @@ def serving_functions(model, class_names: list[str], size: int):
     return serve_images, serve_pixels
 
 
-def write_labels(folder: Path, class_names: list[str]) -> Path:
+def write_labels(folder: Path, class_names: list[str], confidence: Confidence | None = None) -> Path:
+    """``labels.txt`` (and, given ``confidence``, ``confidence.json`` without the class means) in ``folder``."""
     path = folder / LABELS_FILE
     path.write_text("".join(f"{c}\n" for c in class_names), encoding="utf-8")
+    if confidence is not None:
+        confidence.write(folder, means=False)
     return path
 
 

@@ -1,11 +1,13 @@
 """TFLite conversion: the classifier on ``size`` x ``size`` pixels (0-255), in four variants.
 
-float32    exact; float32 pixels in, probabilities out
+float32    exact; float32 pixels in, calibrated probabilities and the confidence score out
 float16    weights stored as float16 (half the size); float32 in and out
 dynamic    weights int8, activations float at run time; float32 in and out
 int8       full-integer: int8 weights and activations calibrated on training images; uint8 pixels in,
-           uint8 probabilities out (scale 1/256); biases corrected for the mean error of int8 weights, and
-           activation ranges clipped where that lowers the rounding error
+           uint8 probabilities (scale 1/256) and score out; biases corrected for the mean error of int8 weights,
+           and activation ranges clipped where that lowers the rounding error
+
+Every file carries TFLite metadata (:mod:`tlkit.serving.metadata`): labels, normalisation, threshold.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from tlkit.errors import TlkitError
-from tlkit.serving.signatures import pixel_function, write_labels
+from tlkit.serving.metadata import metadata_buffer, output_names, with_metadata
+from tlkit.serving.signatures import LABELS_FILE, Confidence, pixel_function, write_labels
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +28,17 @@ VARIANTS = ("float32", "float16", "dynamic", "int8")
 _BATCH = 16
 
 
-def convert(model, size: int, variant: str, representative: np.ndarray | None = None) -> bytes:
-    """The TFLite flatbuffer of one variant; ``int8`` needs ``representative`` uint8 pixels (N, size, size, 3)."""
+def convert(model, size: int, variant: str, confidence: Confidence,
+            representative: np.ndarray | None = None) -> bytes:
+    """The TFLite flatbuffer of one variant (no metadata); ``int8`` needs ``representative`` uint8 pixels
+    (N, size, size, 3)."""
     if variant not in VARIANTS:
         raise TlkitError(f"unknown TFLite variant {variant!r}; choose from {', '.join(VARIANTS)}")
     if variant == "int8":
         if representative is None or not len(representative):
             raise TlkitError("int8 TFLite needs representative training images for calibration")
         model = with_clipped_ranges(bias_corrected(model, representative), representative)
-    predict = pixel_function(model, size)
+    predict = pixel_function(model, size, confidence)
     holder = tf.Module()  # only what the function reads, so every variable freezes into a constant
     holder.predict = predict
     converter = tf.lite.TFLiteConverter.from_concrete_functions([predict.get_concrete_function()], holder)
@@ -214,14 +219,18 @@ def _rounding_shift(layer, mean: np.ndarray) -> np.ndarray:
     return np.asarray(shifted).mean((0, 1, 2))
 
 
-def export_tflite(model, class_names: list[str], size: int, folder: Path, name: str,
-                  representative: np.ndarray, variants=VARIANTS) -> dict[str, Path]:
-    """Write ``NAME_VARIANT.tflite`` for each variant and ``labels.txt`` into ``folder``."""
+def export_tflite(model, class_names: list[str], size: int, folder: Path, name: str, representative: np.ndarray,
+                  confidence: Confidence, variants=VARIANTS, version: str = "1") -> dict[str, Path]:
+    """Write ``NAME_VARIANT.tflite`` (with metadata) for each variant, ``labels.txt`` and ``confidence.json``
+    into ``folder``."""
     files = {}
+    labels = write_labels(folder, class_names, confidence)
     for variant in variants:
         path = folder / f"{name}_{variant}.tflite"
-        path.write_bytes(convert(model, size, variant, representative))
+        flatbuffer = convert(model, size, variant, confidence, representative)
+        metadata = metadata_buffer(f"{name} ({variant})", f"tlkit image classifier: {', '.join(class_names)}", size,
+                                   output_names(flatbuffer), class_names, confidence, version)
+        path.write_bytes(with_metadata(flatbuffer, metadata, {LABELS_FILE: labels.read_bytes()}))
         log.info("TFLite %s: %s (%.0f KB)", variant, path.name, path.stat().st_size / 1024)
         files[variant] = path
-    write_labels(folder, class_names)
     return files
