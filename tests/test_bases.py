@@ -21,6 +21,7 @@ from tlkit.images import decode_image
 from tlkit.model import Preprocess, build_classifier, set_trainable
 from tlkit.recipe import get_backbone
 from tlkit.runfolder import RunFolder
+from tlkit.serving.signatures import Confidence
 from tlkit.training.features import above_cut_model, feature_model
 from tlkit.training.loop import loss_for
 from tlkit.weights import ResolvedWeights, keras_models_dir, resolve_weights
@@ -204,7 +205,7 @@ def test_family_base_loads_keras_file_computes_as_keras_caches_and_serves(name, 
     _check_cached_features(classifier, cut, pixels)
     if name in SERVED:
         from tlkit.serving.savedmodel import write_savedmodel
-        write_savedmodel(classifier.model, ["daisy", "rose"], size, tmp_path / "1")
+        write_savedmodel(classifier.model, ["daisy", "rose"], size, tmp_path / "1", Confidence())
         served = tf.saved_model.load(str(tmp_path / "1"))
         answer = served.signatures["serving_default"](images=tf.constant([f.read_bytes() for f in photos.files]))
         expected = np.asarray(classifier.model(pixels, training=False))
@@ -247,10 +248,11 @@ def test_export_check_warns_where_int8_is_not_advised(name, advised, photos, tmp
 
     recipe = _recipe(name, 32, 1.0 if BACKBONES[name].alphas else None, "weights=none")
     folder = _run_folder(tmp_path / "run", recipe, photos.files)
+    Confidence().write(folder.path)  # uncalibrated, no threshold
     model = build_classifier(recipe, 2, RANDOM).model
     target = folder.path / "export" / "tflite" / "model" / "1"
     target.mkdir(parents=True)
-    (target / "model_int8.tflite").write_bytes(convert(model, 32, "int8", photos(32).astype(np.uint8)))
+    (target / "model_int8.tflite").write_bytes(convert(model, 32, "int8", Confidence(), photos(32).astype(np.uint8)))
     write_labels(target, ["daisy", "rose"])
     export = Export("model", 1, "tflite", "export/tflite/model/1",
                     {"int8": {"path": "export/tflite/model/1/model_int8.tflite", "bytes": 0}})
@@ -402,9 +404,10 @@ def test_keras_hub_preset_folder_trains_caches_and_serves(hub_preset, flowers_sm
         for mine, theirs in zip(hub_base.get_layer(name).get_weights(), pretrained.get_layer(name).get_weights()):
             np.testing.assert_array_equal(mine, theirs)
 
+    from tlkit.evaluation.evaluate import keras_answers
     served = tf.saved_model.load(str(result.export))
     answer = served.signatures["serving_default"](images=tf.constant([f.read_bytes() for f in photos.files]))
-    expected = np.asarray(model(pixels, training=False))
+    expected = keras_answers(model, pixels, Confidence.read(result.folder))["probabilities"]  # calibrated, as served
     np.testing.assert_allclose(answer["probabilities"].numpy(), expected, atol=1e-5)
     assert answer["class_ids"].numpy().tolist() == expected.argmax(1).tolist()
 

@@ -120,7 +120,9 @@ def test_killed_in_each_stage_resumes_to_the_uninterrupted_result(flowers_small,
     process.send_signal(signal.SIGKILL)
     process.wait()
 
-    _, err = finish(tlkit(["run", "--resume", run_dir]))
+    lost = tlkit(["run", "--resume", run_dir])  # where the ImageNet file is not found, it says so
+    assert lost.wait(timeout=300) == 2 and "resume with the --weights-dir" in lost.stderr.read()
+    _, err = finish(tlkit(["run", "--resume", run_dir, "--weights-dir", weights_dir]))
     assert "resuming at stage 2" in err
     expected = json.loads((reference / "metrics.json").read_text())["val"]["accuracy"]
     resumed = json.loads((run_dir / "metrics.json").read_text())["val"]["accuracy"]

@@ -253,10 +253,10 @@ def test_exported_model_is_evaluated_through_its_serving_signature(tiny_run, uns
 
 
 @pytest.mark.parametrize("args, message", [
-    (["{run}", "--data", "{shapes}"], "has class folder(s) the model does not know: circle, square, triangle "
+    (["{run}", "--data", "{shapes}"], "has class(es) the model does not know: circle, square, triangle "
                                       "(model classes: daisy, dandelion, rose, sunflower, tulip)"),
     (["{run}", "--data", "test"], "has no test split; pass --data with one of train, val"),
-    (["{run}/export/model/1"], "is an exported model and has no splits; pass --data FOLDER"),
+    (["{run}/export/model/1"], "is an exported model and has no splits; pass --data with a folder of class"),
     (["{shapes}"], "is neither a run folder (with model.keras) nor an exported model"),
 ])
 def test_bad_input_is_one_line(tiny_run, shapes, args, message):

@@ -147,7 +147,7 @@ RECIPES = {
                 "name.py:3: NameError: name 'Reciple' is not defined"),
     "imports.py": ("import os\nfrom tlkit import Recipie\n", "imports.py:2: ImportError: cannot import name 'Recipie'"),
     "value.py": ("from tlkit import Recipe\nrecipe = Recipe(description='x', base='mobilenet_v9')\n",
-                 "value.py:2: base: unknown base 'mobilenet_v9'; valid choices: mobilenet"),
+                 "value.py:2: base: unknown base 'mobilenet_v9'; valid choices: convnext_base"),
 }
 
 
@@ -377,7 +377,7 @@ def test_export_all_exports_what_is_installed_and_names_the_rest(killed, monkeyp
     stand-in writes its files, which keeps this test to the orchestration.)"""
     import tlkit.serving.export as export
 
-    def tflite_files(model, class_names, size, folder, name, calibration):
+    def tflite_files(model, class_names, size, folder, name, calibration, confidence, version):
         (folder / f"{name}_float32.tflite").write_bytes(b"TFL3")
         return {"float32": folder / f"{name}_float32.tflite"}
 

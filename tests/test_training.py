@@ -79,9 +79,9 @@ def test_run_folder_holds_everything(pretrained_run):
     assert info["weights"]["loaded"].endswith("0.35_224_no_top.h5")
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["accuracy"] == pretrained_run.metrics["val"]["accuracy"]
-    # the final model is never worse than the best epoch seen: it is the best epoch
+    # the final model is the best epoch seen, and its temperature (fitted on validation) can only lower that loss
     best_val_loss = min(float(row.split(",")[history[0].split(",").index("val_loss")]) for row in history[1:])
-    assert metrics["val"]["loss"] == pytest.approx(best_val_loss, rel=1e-3)
+    assert metrics["val"]["loss"] <= best_val_loss * (1 + 1e-3)
 
 
 def test_saved_model_answers_raw_images_like_the_keras_model(pretrained_run, shared):

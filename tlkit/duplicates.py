@@ -23,6 +23,8 @@ NEIGHBOURS = 10  # feature neighbours of each image checked as candidates
 EMBED_DIMS = 128  # principal axes kept for neighbour search
 MAX_CROP = 0.125  # share of a side a copy may lack (the alignment searches crops up to this)
 PROFILE_SIZE, DETAIL_SIZE = 32, 64  # samples of the profiles; side of the band-passed thumbnails
+COLOUR_THRESHOLD = 0.8  # aligned copies keep their colours: the correlation of their smoothed chroma must reach this
+GREY = 4.0  # smoothed chroma spread (grey levels) below which an image counts as grey: its colour says nothing
 CLIPPED = 250  # a channel at or above this (after resampling) is a clipped highlight, left out of the check
 _GRAY = np.array([0.299, 0.587, 0.114], np.float32)
 
@@ -207,8 +209,23 @@ class _Checker:
         keep = (self.spread @ clipped @ self.spread.T) < 0.05
         if keep.mean() < 0.25:  # mostly clipped: compare everything rather than almost nothing
             keep[:] = True
+        if not self._same_colours(a, b, y, x, keep):
+            return 0.0
         da, db = (self.band @ pa[0] @ self.band.T)[keep], (self.band @ pb[0] @ self.band.T)[keep]
         return float(_centred_unit(da) @ _centred_unit(db))
+
+    def _same_colours(self, a: int, b: int, y, x, keep: np.ndarray) -> bool:
+        """Whether the aligned images share their colours: the correlation of their smoothed chroma (each pixel
+        minus its grey level, which brightness changes leave as they are) reaches COLOUR_THRESHOLD, or both are
+        grey. Drawn or rendered images of one subject share their edges, not their colours."""
+        chroma = []
+        for i, (rows, columns) in ((a, (y, x)), (b, ((0.0, 1.0), (0.0, 1.0)))):
+            rgb = np.moveaxis(self.rows[i].astype(np.float32), -1, 0)
+            small = self._thumbnail(rgb - rgb.mean(axis=0), rows, columns)
+            chroma.append(np.stack([self.spread @ c @ self.spread.T for c in small])[:, keep].ravel())
+        if max(c.std() for c in chroma) < GREY:
+            return True
+        return float(_centred_unit(chroma[0]) @ _centred_unit(chroma[1])) >= COLOUR_THRESHOLD
 
     def _planes(self, i: int) -> np.ndarray:
         """Image ``i`` as brightness and its brightest channel (where clipping shows): ``(2, height, width)``."""

@@ -91,7 +91,11 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
 
 def _check_same_recipe(folder: RunFolder, recipe: Recipe) -> None:
     """A resumed run trains what it started with: this command's recipe must be the one saved."""
-    changed = differences(folder.recipe(), recipe)
+    saved = folder.recipe()
+    if saved.weights != "none" and recipe.weights == "none":
+        raise TlkitError(f"{folder.path} started with pretrained weights (weights={saved.weights}), and this time "
+                         "they were not found; resume with the --weights-dir (or TLKIT_WEIGHTS_DIR) it started with")
+    changed = differences(saved, recipe)
     if changed:
         raise TlkitError(f"{folder.path} holds an unfinished run, and this command differs from its recipe.json: "
                          f"{'; '.join(changed)}. Resume it as it was with `tlkit run --resume {folder.path}` (no "

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from tlkit.data import ImageData, keep_groups_together, load_data
-from tlkit.duplicates import Duplicates, find_duplicates
+from tlkit.duplicates import DETAIL_SIZE, Duplicates, find_duplicates
 from tlkit.errors import TlkitError
 from tlkit.model import Classifier, build_classifier
 from tlkit.recipe import Recipe, from_scratch, is_from_scratch
@@ -71,14 +71,20 @@ class Session:
             return find_duplicates(self.data.rows(), self.recipe.data.near_duplicate, features)
 
     def keep_duplicates_together(self, limit: int = NEAR_SEARCH_LIMIT) -> None:
-        """Find duplicates (near-duplicates too when ``data.duplicates`` is ``near`` and there are at most
-        ``limit`` images) and move every group into the split of its first member."""
+        """Find duplicates (near-duplicates too when ``data.duplicates`` is ``near``, there are at most ``limit``
+        images and they are decoded at DETAIL_SIZE px or more) and move every group into the split of its first
+        member."""
         started, spec, count = time.perf_counter(), self.recipe.data, sum(self.data.counts().values())
-        self.duplicates = self.find_duplicates(spec.duplicates == "near" and count <= limit)
-        self.data = keep_groups_together(self.data, self.duplicates, spec, self.features.arrays)
+        skip = None
         if spec.duplicates == "near" and count > limit:
-            self.data.warnings.append(f"near-duplicate search skipped for {count} images (`tlkit run` checks up "
-                                      f"to {limit}): exact duplicates only; `tlkit data audit` checks any number")
+            skip = f"near-duplicate search skipped for {count} images (`tlkit run` checks up to {limit})"
+        elif spec.duplicates == "near" and self.recipe.size < DETAIL_SIZE:
+            skip = (f"near-duplicate search skipped at {self.recipe.size} px (the pixel check needs {DETAIL_SIZE} px "
+                    "or more)")
+        self.duplicates = self.find_duplicates(spec.duplicates == "near" and skip is None)
+        self.data = keep_groups_together(self.data, self.duplicates, spec, self.features.arrays)
+        if skip:
+            self.data.warnings.append(f"{skip}: exact duplicates only; `tlkit data audit` looks for near ones")
         summary = self.data.duplicates.summary()
         log.info("duplicates (%s): %d group(s) of %d images; %d spanned splits and are now in one (%d image(s) "
                  "moved); %d with conflicting labels (%.1fs)", summary["method"], summary["groups"],

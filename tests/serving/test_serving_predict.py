@@ -83,7 +83,7 @@ def test_predict_names_each_unreadable_file_and_exits_nonzero(served, tmp_path):
     assert result.exit_code == 1
     assert [line.split()[0] for line in result.stdout.splitlines()[1:]] == [str(tmp_path / "good.jpg")]
     errors = result.stderr.splitlines()
-    assert errors[-1] == "tlkit: 4 of 5 file(s) failed"
+    assert errors[-1] == "tlkit: 1 file(s) predicted, 4 failed"
     for bad in (missing, tmp_path / "empty.png", tmp_path / "notes.txt", tmp_path / "truncated.jpg"):
         line = next(e for e in errors if e.startswith(f"tlkit: cannot read {bad}: "))
         assert len(line) > len(f"tlkit: cannot read {bad}: ") + 3  # a reason follows the path

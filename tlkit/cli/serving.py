@@ -93,7 +93,8 @@ def predict_command(model, images, top_k, as_json, as_csv, threshold):
     for path, reason in failures:
         click.echo(f"tlkit: cannot read {path}: {reason}", err=True)
     if failures or repeats:
-        click.echo(f"tlkit: {len(predictions)} file(s) predicted, {len(failures)} failed, {len(repeats)} skipped "
-                   "as repeats (links to files or folders already listed)", err=True)
+        repeated_note = (f", {len(repeats)} skipped as repeats (links to files or folders already listed)"
+                         if repeats else "")
+        click.echo(f"tlkit: {len(predictions)} file(s) predicted, {len(failures)} failed{repeated_note}", err=True)
     if failures:
         sys.exit(1)

@@ -2,10 +2,16 @@
 of seed and epoch only (so a resumed run repeats it), inputs as float32, labels as the head expects them."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import tensorflow as tf
 
 from tlkit.recipe import Recipe
+
+# TensorFlow warns, once per process, whenever a tf.function iterates over a dataset: that options() in graph mode
+# "might not reflect the actual value". The loop sets no options there; the line is noise on the user's stderr.
+warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data options", category=UserWarning)
 
 
 def labels_for(labels: np.ndarray, recipe: Recipe) -> np.ndarray:
