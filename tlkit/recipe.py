@@ -63,6 +63,7 @@ class Data(_Spec):
     path: Optional[str] = None  # class folders, train/val(/test) folders, a CSV of path,label, or tfds:NAME[:SPLIT]
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # used when the source has no validation split
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # used when the source has no test split
+    split_seed: int = 0  # salts the path hash that ranks each class's files for the split; 0: the path alone
     class_weight: Union[None, Literal["auto"], dict[str, Annotated[float, Field(gt=0.0)]]] = None  # None: unweighted
     min_per_class: int = Field(5, ge=1)  # classes with fewer usable images get a warning
 
