@@ -143,7 +143,7 @@ class Probe:
 
     def features(self, files: dict[str, list[Path]], size: int) -> tuple[np.ndarray, np.ndarray]:
         import keras
-        from tlkit.data import decode_all
+        from tlkit.images import decode_all
         if size not in self._models:
             base = keras.applications.MobileNetV2(include_top=False, alpha=0.35, weights=None, pooling="avg",
                                                   input_shape=(size, size, 3))
@@ -202,8 +202,8 @@ def print_tables(results: dict, datasets, sizes, reps, sets_key: str, tools) -> 
             if accs.get("tlkit") and accs.get("probe"):
                 ratios["acc_probe"].append(np.mean(accs["tlkit"]) / np.mean(accs["probe"]))
     print()
-    for key, label in (("acc_baseline", "test accuracy, tlkit / baseline"), ("acc_probe", "test accuracy, tlkit / probe"),
-                       ("time", "wall seconds, baseline / tlkit")):
+    for key, label in (("acc_baseline", "test accuracy, tlkit / baseline"),
+                       ("acc_probe", "test accuracy, tlkit / probe"), ("time", "wall seconds, baseline / tlkit")):
         if ratios[key]:
             print(f"{label}: mean {np.mean(ratios[key]):.3f}, worst row {np.min(ratios[key]):.3f}, "
                   f"best row {np.max(ratios[key]):.3f} over {len(ratios[key])} rows")
