@@ -73,5 +73,11 @@ def flowers_small(shared, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def catsdogs(shared):
+    """Full-size cat and dog photos: ``train/`` 500 per class, ``test/`` 250 per class."""
+    return shared / "data" / "catsdogs"
+
+
+@pytest.fixture(scope="session")
 def shapes():
     return REPO / "data" / "shapes"

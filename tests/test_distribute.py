@@ -1,5 +1,5 @@
 """Distribution, precision and resume: two worker processes, two logical CPU devices, mixed precision,
-and runs killed with SIGKILL in each stage that resume to the same result."""
+and runs killed with SIGKILL in each stage and in the refit that resume to the same result."""
 import json
 import os
 import signal
@@ -86,14 +86,18 @@ def test_mirrored_strategy_over_two_logical_cpus(shapes, weights_dir, tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text())["val"]["accuracy"] > 0.6
 
 
-def _wait_for(run_dir: Path, condition, process, timeout=300):
+def _checkpoint_state(run_dir: Path) -> dict:
     pointer = run_dir / "checkpoint" / "latest"
+    return json.loads((run_dir / "checkpoint" / pointer.read_text().strip() / "state.json").read_text())
+
+
+def _wait_for(run_dir: Path, condition, process, timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"the run ended before it could be interrupted: {process.stderr.read()[-700:]}")
         try:
-            state = json.loads((run_dir / "checkpoint" / pointer.read_text().strip() / "state.json").read_text())
+            state = _checkpoint_state(run_dir)
             if condition(state):
                 return state
         except (OSError, ValueError):
@@ -116,19 +120,31 @@ def test_killed_in_each_stage_resumes_to_the_uninterrupted_result(flowers_small,
     assert state["stage"] == 0
 
     process = tlkit([*args, "--out", run_dir])  # rerunning with the same --out resumes
-    state = _wait_for(run_dir, lambda s: s["stage"] == 1 and s["stage_epoch"] >= 1 and not s["stage_done"], process)
+    state = _wait_for(run_dir, lambda s: s["stage"] == 1 and s["stage_epoch"] >= 1 and not s["stage_done"]
+                      and not s["refit"], process)
     process.send_signal(signal.SIGKILL)
     process.wait()
 
-    _, err = finish(tlkit(["run", "--resume", run_dir]))
+    process = tlkit(["run", "--resume", run_dir])
+    _wait_for(run_dir, lambda s: s["refit"] and s["stage_epoch"] >= 1 and not s["stage_done"], process)
+    process.send_signal(signal.SIGKILL)
+    _, err = process.communicate()
     assert "resuming at stage 2" in err
+    state = _checkpoint_state(run_dir)  # where the kill left it
+
+    _, err = finish(tlkit(["run", "--resume", run_dir]))
+    assert f"resuming the refit at stage {state['stage'] + 1}, epoch {state['stage_epoch'] + 1}" in err
     expected = json.loads((reference / "metrics.json").read_text())["val"]["accuracy"]
     resumed = json.loads((run_dir / "metrics.json").read_text())["val"]["accuracy"]
     assert abs(resumed - expected) <= 0.02, (resumed, expected)  # dropout masks differ after a resume
     history = (run_dir / "history.csv").read_text().splitlines()
     assert len(history) == 1 + 6 + 4  # every epoch once, none repeated or lost
-    events = [e["event"] for e in json.loads((run_dir / "run.json").read_text())["interruptions"]]
-    assert events == ["stopped without finishing (killed or crashed)", "resumed"] * 2
+    info = json.loads((run_dir / "run.json").read_text())
+    refit = [(row["stage"], row["epoch"]) for row in info["refit_history"]]  # so is every epoch of the refit
+    assert refit == [(s["name"], e + 1) for s, n in zip(info["stages"], info["choices"]["refit"]["epochs"])
+                     for e in range(n)]
+    events = [e["event"] for e in info["interruptions"]]
+    assert events == ["stopped without finishing (killed or crashed)", "resumed"] * 3
     leftovers = [p for p in run_dir.rglob("*") if p.name.startswith((".tmp", ".latest"))]
     assert not leftovers and not (run_dir / "checkpoint").exists()
     final_weights(run_dir)  # loads: nothing corrupt

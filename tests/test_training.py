@@ -79,9 +79,18 @@ def test_run_folder_holds_everything(pretrained_run):
     assert info["weights"]["loaded"].endswith("0.35_224_no_top.h5")
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["accuracy"] == pretrained_run.metrics["val"]["accuracy"]
-    # the final model is never worse than the best epoch seen: it is the best epoch
-    best_val_loss = min(float(row.split(",")[history[0].split(",").index("val_loss")]) for row in history[1:])
-    assert metrics["val"]["loss"] == pytest.approx(best_val_loss, rel=1e-3)
+    # the kept epoch is the latest within one standard error of the lowest validation loss; the val figures are
+    # of its weights, and the refit on train + val trains each stage for the epochs of it that they hold
+    column = history[0].split(",")
+    rows = [dict(zip(column, row.split(","))) for row in history[1:]]
+    loss, se = [float(r["val_loss"]) for r in rows], [float(r["val_loss_se"]) for r in rows]
+    lowest = int(np.argmin(loss))
+    assert info["best"]["epoch"] == max(i + 1 for i, v in enumerate(loss) if v <= loss[lowest] + se[lowest])
+    assert metrics["val"]["loss"] == pytest.approx(info["best"]["val_loss"], rel=1e-3)
+    choices = info["choices"]
+    assert choices["refit"]["epochs"] == [s["kept_epochs"] for s in info["stages"]]
+    assert choices["refit"]["train_images"] == metrics["val"]["images"] + choices["stages"][0]["train_images"]
+    assert choices["stages"][0]["steps_per_epoch"] * 10 >= 3000  # the head's min_steps
 
 
 def test_saved_model_answers_raw_images_like_the_keras_model(pretrained_run, shared):

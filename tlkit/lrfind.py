@@ -92,7 +92,7 @@ def sweep(session: Session, stage_number: int = 1, start: float = 1e-7, end: flo
     started = time.perf_counter()
     if index:
         log.info("training stage(s) 1-%d first, as tlkit run would", index)
-        session.trainer(recipe.model_copy(update={"stages": recipe.stages[:index]})).run()
+        session.trainer(recipe.model_copy(update={"stages": recipe.stages[:index], "refit": False})).run()
     pretrain_seconds = time.perf_counter() - started
 
     constant = stage.model_copy(update={"epochs": max(1, stage.epochs), "schedule": "constant", "warmup_epochs": 0.0})

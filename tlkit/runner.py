@@ -81,8 +81,7 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
 
     model = session.classifier.model
     with _timed(timings, "evaluate"):
-        evaluations = {name: evaluate_split(model, session.data, folder, recipe.batch_size, name)
-                       for name in ("val", "test") if name in session.data.splits}
+        evaluations = _evaluate(session, folder, training)
         metrics = _metrics(evaluations)
     folder.write_json(folder.metrics_file, metrics)
     with _timed(timings, "save"):
@@ -121,6 +120,22 @@ def _train(session: Session, folder: RunFolder, checkpoints: Checkpoints, resume
                              f"resume with: tlkit run --resume {folder.path}") from None
 
 
+def _evaluate(session: Session, folder: RunFolder, training: Training) -> dict:
+    """Evaluations of the val and test splits. After a refit, which trained on val, val is judged with the
+    weights of the validated run (that never saw it), test with the final model."""
+    model, data, batch_size = session.classifier.model, session.data, session.recipe.batch_size
+    evaluations = {}
+    if "test" in data.splits:
+        evaluations["test"] = evaluate_split(model, data, folder, batch_size, "test")
+    final = model.get_weights() if training.validated_weights is not None else None
+    if final is not None:
+        model.set_weights(training.validated_weights)
+    evaluations["val"] = evaluate_split(model, data, folder, batch_size, "val")
+    if final is not None:
+        model.set_weights(final)
+    return evaluations
+
+
 def _metrics(evaluations: dict) -> dict:
     """Accuracy, loss and image count of each evaluated split; ``accuracy`` is the test split's, else val's."""
     metrics = {}
@@ -152,7 +167,9 @@ def _run_record(session: Session, training: Training, timings: dict, started: fl
                       "learning_rate_rule": "the recipe's rates, unscaled: batch_size is per replica"},
         "feature_seconds": round(training.feature_seconds, 2),
         "stages": [asdict(s) for s in training.stages],
+        "refit_history": training.refit["history"] if training.refit else [],
         "best": training.best,
+        "choices": _choices(recipe, session.data, training),
         "cache": session.features.events,
         "interruptions": _read_json(folder.interruptions_file, []),
         "export": str(exported) if exported else None,
@@ -160,6 +177,22 @@ def _run_record(session: Session, training: Training, timings: dict, started: fl
         "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
                      "keras": keras.__version__, "numpy": np.__version__, "tlkit": _version()},
         "machine": machine(),
+    }
+
+
+def _choices(recipe: Recipe, data: ImageData, training: Training) -> dict:
+    """The data-size-aware choices the run made, with the figures they rest on."""
+    return {
+        "split": {"rule": "exact per-class quotas of the files ranked by a hash of their path",
+                  "split_seed": recipe.data.split_seed, "val_fraction": recipe.data.val_fraction,
+                  "test_fraction": recipe.data.test_fraction, "class_counts": data.class_counts()},
+        "stages": [{"stage": s.name, "train_images": len(data.splits["train"]), "epochs_run": s.epochs_run,
+                    "steps_per_epoch": s.steps_per_epoch, "passes_per_epoch": s.passes_per_epoch,
+                    "head_l2": s.l2, "kept_epochs": s.kept_epochs} for s in training.stages],
+        "kept": training.best,
+        "kept_rule": "the latest epoch whose val_loss is within one standard error of the lowest",
+        "refit": {k: v for k, v in training.refit.items() if k != "history"} if training.refit else None,
+        "val_figures": "the validated run's kept weights (before the refit)" if training.refit else "the final model",
     }
 
 

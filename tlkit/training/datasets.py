@@ -20,9 +20,40 @@ def _label_spec(recipe):
     return tf.TensorSpec((None,), tf.int32)
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The training order of an epoch: a function of seed and epoch only, so a resumed run repeats it."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
+class Joined:
+    """Arrays joined along ``axis`` (0: images, 1: cached features, after the replica axis) without copying
+    them: indexing reads ``[index]`` or ``[replica, index]`` from the part each index falls in."""
+
+    def __init__(self, parts: list, axis: int = 0):
+        self.parts, self.axis = parts, axis
+        self.bounds = np.cumsum([0] + [part.shape[axis] for part in parts])
+        shape = list(parts[0].shape)
+        shape[axis] = int(self.bounds[-1])
+        self.shape, self.dtype = tuple(shape), parts[0].dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        *lead, index = key if isinstance(key, tuple) else (key,)
+        index = np.asarray(index)
+        lead = [np.broadcast_to(np.asarray(k), index.shape) for k in lead]
+        out = None
+        for part, low, high in zip(self.parts, self.bounds[:-1], self.bounds[1:]):
+            mine = (index >= low) & (index < high)
+            if mine.any():
+                values = np.asarray(part[(*[k[mine] for k in lead], index[mine] - low)])
+                if out is None:
+                    out = np.empty((len(index), *values.shape[1:]), values.dtype)
+                out[mine] = values
+        return out
+
+
+def epoch_order(n: int, seed: int, epoch: int, passes: int = 1) -> np.ndarray:
+    """The training order of an epoch, ``passes`` shuffled passes over ``n`` examples: a function of seed, epoch
+    and passes only, so a resumed run repeats it."""
+    return np.concatenate([np.random.default_rng([seed, epoch, *([k] if k else [])]).permutation(n)
+                           for k in range(passes)])
 
 
 def indexed_dataset(order: np.ndarray, gather, specs, batch_size: int, drop_remainder: bool = False):

@@ -1,0 +1,49 @@
+"""The bundled recipe's defaults against a linear probe of the same frozen features, on a small folder of
+full-size photos: a head trained to convergence, validated and refit on all the images, must not lose."""
+import numpy as np
+
+from tlkit import load_recipe, override
+from tlkit.evaluation.evaluate import predict
+from tlkit.images import decode_all
+from tlkit.session import prepare
+from tlkit.training.distribute import place
+
+SIZE = 160
+
+
+def _photos(root):
+    classes = sorted(p for p in root.iterdir() if p.is_dir())
+    files = [sorted(c.iterdir()) for c in classes]
+    labels = np.concatenate([np.full(len(f), k) for k, f in enumerate(files)])
+    pixels, _, ok = decode_all([p for f in files for p in f], SIZE, root.name)
+    return pixels, labels[ok]
+
+
+def _probe_accuracy(train, test, weights_dir):
+    """scikit-learn's LogisticRegression (defaults) on the frozen base's average-pooled features."""
+    import keras
+    from sklearn.linear_model import LogisticRegression
+    base = keras.applications.MobileNetV2(include_top=False, alpha=0.35, weights=None, pooling="avg",
+                                          input_shape=(SIZE, SIZE, 3))
+    base.load_weights(weights_dir / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5")
+    (x, y), (tx, ty) = [(base.predict(p.astype(np.float32) / 127.5 - 1, batch_size=64, verbose=0), labels)
+                        for p, labels in (train, test)]
+    return LogisticRegression(max_iter=5000).fit(x, y).score(tx, ty)
+
+
+def test_defaults_are_within_a_point_of_a_linear_probe_on_25_photos_per_class(catsdogs, weights_dir, tmp_path):
+    folder = tmp_path / "train"
+    for name in ("cats", "dogs"):  # the first 25 photos of each class by name
+        (folder / name).mkdir(parents=True)
+        for photo in sorted((catsdogs / "train" / name).iterdir())[:25]:
+            (folder / name / photo.name).symlink_to(photo)
+    recipe = override(load_recipe("mobilenet_v2"), ["alpha=0.35", f"image_size={SIZE}"])
+    session = prepare(recipe, folder, weights_dir=str(weights_dir), cache_dir=tmp_path / "cache",
+                      placement=place("cpu", "float32"))
+    session.trainer().run()
+    test = _photos(catsdogs / "test")
+    probs = predict(session.classifier.model, test[0])
+    tlkit = float(np.mean(probs.argmax(axis=1) == test[1]))
+    probe = _probe_accuracy(_photos(folder), test, weights_dir)
+    print(f"test accuracy on {len(test[1])} photos: tlkit {tlkit:.3f}, linear probe {probe:.3f}")
+    assert tlkit >= probe - 0.01
