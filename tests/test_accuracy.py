@@ -1,12 +1,13 @@
 """The bundled recipe's defaults against a linear probe of the same frozen features, on a small folder of
 full-size photos: a head trained to convergence, validated and refit on all the images, must not lose."""
-import numpy as np
+import json
 
-from tlkit import load_recipe, override
-from tlkit.evaluation.evaluate import predict
+import numpy as np
+import pytest
+
+from tlkit import load_recipe, override, run
+from tlkit.evaluation.evaluate import evaluate
 from tlkit.images import decode_all
-from tlkit.session import prepare
-from tlkit.training.distribute import place
 
 SIZE = 160
 
@@ -31,19 +32,28 @@ def _probe_accuracy(train, test, weights_dir):
     return LogisticRegression(max_iter=5000).fit(x, y).score(tx, ty)
 
 
+def _loss(evaluation):
+    chosen = evaluation.probabilities[np.arange(len(evaluation.labels)), evaluation.labels]
+    return float(-np.mean(np.log(np.clip(chosen, 1e-7, 1.0))))
+
+
 def test_defaults_are_within_a_point_of_a_linear_probe_on_25_photos_per_class(catsdogs, weights_dir, tmp_path):
-    folder = tmp_path / "train"
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "test").symlink_to(catsdogs / "test", target_is_directory=True)
     for name in ("cats", "dogs"):  # the first 25 photos of each class by name
-        (folder / name).mkdir(parents=True)
+        (data / "train" / name).mkdir(parents=True)
         for photo in sorted((catsdogs / "train" / name).iterdir())[:25]:
-            (folder / name / photo.name).symlink_to(photo)
+            (data / "train" / name / photo.name).symlink_to(photo)
     recipe = override(load_recipe("mobilenet_v2"), ["alpha=0.35", f"image_size={SIZE}"])
-    session = prepare(recipe, folder, weights_dir=str(weights_dir), cache_dir=tmp_path / "cache",
-                      placement=place("cpu", "float32"))
-    session.trainer().run()
-    test = _photos(catsdogs / "test")
-    probs = predict(session.classifier.model, test[0])
-    tlkit = float(np.mean(probs.argmax(axis=1) == test[1]))
-    probe = _probe_accuracy(_photos(folder), test, weights_dir)
-    print(f"test accuracy on {len(test[1])} photos: tlkit {tlkit:.3f}, linear probe {probe:.3f}")
+    result = run(recipe, tmp_path / "run", data=str(data), weights_dir=str(weights_dir), export=False)
+    tlkit = result.metrics["test"]["accuracy"]
+    probe = _probe_accuracy(_photos(data / "train"), _photos(data / "test"), weights_dir)
+    print(f"test accuracy on {result.metrics['test']['images']} photos: tlkit {tlkit:.3f}, linear probe {probe:.3f}")
     assert tlkit >= probe - 0.01
+
+    # the saved model is the refit on train + val; val is judged by the validated run's kept weights
+    info = json.loads((result.folder / "run.json").read_text())
+    assert info["choices"]["refit"]["train_images"] == 50
+    assert result.metrics["val"]["loss"] == pytest.approx(info["best"]["val_loss"], rel=1e-3)
+    assert abs(_loss(evaluate(result.folder, "val")) - result.metrics["val"]["loss"]) > 1e-3

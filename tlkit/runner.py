@@ -19,6 +19,7 @@ from tlkit.data import ImageData
 from tlkit.errors import RunInterrupted, TlkitError
 from tlkit.evaluation.evaluate import default_split, evaluate_split
 from tlkit.evaluation.report import write_report
+from tlkit.model import inference
 from tlkit.recipe import Recipe
 from tlkit.runfolder import RunFolder
 from tlkit.serving.export import export_run
@@ -122,15 +123,16 @@ def _train(session: Session, folder: RunFolder, checkpoints: Checkpoints, resume
 
 def _evaluate(session: Session, folder: RunFolder, training: Training) -> dict:
     """Evaluations of the val and test splits. After a refit, which trained on val, val is judged with the
-    weights of the validated run (that never saw it), test with the final model."""
+    weights of the validated run (that never saw it), test with the final model; the model is traced once."""
     model, data, batch_size = session.classifier.model, session.data, session.recipe.batch_size
+    forward = inference(model)  # reads the model's variables, so it serves both sets of weights
     evaluations = {}
     if "test" in data.splits:
-        evaluations["test"] = evaluate_split(model, data, folder, batch_size, "test")
+        evaluations["test"] = evaluate_split(model, data, folder, batch_size, "test", forward)
     final = model.get_weights() if training.validated_weights is not None else None
     if final is not None:
         model.set_weights(training.validated_weights)
-    evaluations["val"] = evaluate_split(model, data, folder, batch_size, "val")
+    evaluations["val"] = evaluate_split(model, data, folder, batch_size, "val", forward)
     if final is not None:
         model.set_weights(final)
     return evaluations

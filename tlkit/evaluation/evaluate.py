@@ -68,21 +68,24 @@ def default_split(split_names) -> str:
     return "test" if "test" in split_names else "val"
 
 
-def predict(model, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Class probabilities ``(N, classes)`` of a Keras classifier on uint8 pixels ``(N, size, size, 3)``."""
-    forward = inference(model)
+def predict(model, pixels: np.ndarray, batch_size: int = 32, forward=None) -> np.ndarray:
+    """Class probabilities ``(N, classes)`` of a Keras classifier on uint8 pixels ``(N, size, size, 3)``;
+    ``forward``: ``inference(model)`` traced before, to share it between calls."""
+    forward = forward or inference(model)
     batches = [forward(pixels[i:i + batch_size].astype(np.float32)).numpy()
                for i in progress(range(0, len(pixels), batch_size), desc="predict", unit="batch")]
     return np.asarray(probabilities(np.concatenate(batches)))
 
 
-def evaluate_split(model, data: ImageData, run: RunFolder, batch_size: int = 32, name: str | None = None) -> Evaluation:
-    """A split of the run (default: the one it is judged on), already decoded in memory, as ``tlkit run`` does."""
+def evaluate_split(model, data: ImageData, run: RunFolder, batch_size: int = 32, name: str | None = None,
+                   forward=None) -> Evaluation:
+    """A split of the run (default: the one it is judged on), already decoded in memory, as ``tlkit run`` does;
+    ``forward`` as for :func:`predict`."""
     name = name or default_split(data.splits)
     split = data.splits[name]
     return Evaluation(str(run.path), f"{name} split", data.class_names, split.paths, split.labels,
-                      predict(model, split.images, batch_size), list(data.skipped), run=run, report_dir=run.path,
-                      images=split.images)
+                      predict(model, split.images, batch_size, forward), list(data.skipped), run=run,
+                      report_dir=run.path, images=split.images)
 
 
 def evaluate(model: str | Path, data: str | Path | None = None, *, top_k: int = 5,
