@@ -11,7 +11,7 @@ from PIL import Image
 
 from tlkit import Data, TlkitError, load_recipe, override
 from tlkit.cli import cli
-from tlkit.data import ImageData, assign_splits, load_data
+from tlkit.data import ImageData, assign_splits, load_data, split_hash
 from tlkit.images import decode_image, read_image, read_pixels
 from tlkit.runfolder import RunFolder
 from tlkit.sources import Item
@@ -157,7 +157,7 @@ def test_every_format_decodes_to_upright_rgb(bad_folder):
     assert read_image(encoded(Image.fromarray(pattern()), "PNG"))[0].shape == (40, 48, 3)  # bytes work too
 
 
-def test_adding_images_never_moves_existing_files_between_splits(tmp_path):
+def test_adding_images_moves_existing_files_only_across_a_quota_boundary(tmp_path):
     root = tmp_path / "grow"
     for i in range(30):
         for name in ("a", "b"):
@@ -170,19 +170,43 @@ def test_adding_images_never_moves_existing_files_between_splits(tmp_path):
     before = where(load_data(root, 16, spec))
     assert where(load_data(root, 16, spec)) == before  # deterministic
     assert set(before.values()) == {"train", "val", "test"}
-    for i in range(30, 60):
+    for i in range(30, 33):
         write(root / "a" / f"{i:03d}.png", encoded(Image.new("RGB", (8, 8), (0, i, 0)), "PNG"))
     after = where(load_data(root, 16, spec))
-    assert len(after) == len(before) + 30
-    assert {p: after[p] for p in before} == before
+    assert len(after) == len(before) + 3
+    moved = [p for p in before if after[p] != before[p]]
+    assert all(p.parent.name == "a" for p in moved)  # the other class is untouched
+    assert len(moved) <= 2 * (3 + 1)  # at most m + 1 across each of the two boundaries
 
 
-def test_hash_split_is_stratified():
-    items = [Item(f"{c}/{i}.jpg", label, f"{i}.jpg") for label, c in enumerate(["a", "b"]) for i in range(2000)]
-    by_split = assign_splits(items, 0.2, 0.1)
+def items_of(counts: dict[str, int]) -> list[Item]:
+    return [Item(f"{c}/{i}.jpg", label, f"{i}.jpg") for label, (c, n) in enumerate(counts.items()) for i in range(n)]
+
+
+def split_counts(by_split, label):
+    return {name: sum(1 for it in split if it.label == label) for name, split in by_split.items()}
+
+
+def test_split_takes_exact_quotas_from_every_class():
+    by_split = assign_splits(items_of({"a": 2000, "b": 2000}), 0.2, 0.1)
+    assert [split_counts(by_split, label) for label in (0, 1)] == [{"train": 1400, "val": 400, "test": 200}] * 2
+    # small classes: 12 x 0.2 = 2.4 -> 2 each (a hash threshold gave 4 / 0 / 6 here); the smallest classes
+    # still give one image to val and keep one for training
+    by_split = assign_splits(items_of({"a": 12, "b": 12, "c": 12, "d": 2, "e": 1}), 0.2, 0.0)
+    assert [split_counts(by_split, label)["val"] for label in range(5)] == [2, 2, 2, 1, 0]
+    assert [split_counts(by_split, label)["train"] for label in range(5)] == [10, 10, 10, 1, 1]
+
+
+def test_split_seed_draws_another_split_and_seed_0_ranks_by_the_path_hash():
+    items = items_of({"a": 500, "b": 500})
+    default, salted = assign_splits(items, 0.2, 0.0), assign_splits(items, 0.2, 0.0, seed=7)
+    assert split_counts(default, 0) == split_counts(salted, 0)
+    assert len({it.origin for it in default["val"]} & {it.origin for it in salted["val"]}) < 0.4 * 200
+    # seed 0 keeps the order of the plain path hash: val is the hash split of before, up to the quota
     for label in (0, 1):
-        counts = {name: sum(1 for it in split if it.label == label) for name, split in by_split.items()}
-        assert abs(counts["val"] / 2000 - 0.2) < 0.03 and abs(counts["test"] / 2000 - 0.1) < 0.03
+        threshold = {it.origin for it in items if it.label == label and split_hash(it.key) < 0.2}
+        val = {it.origin for it in default["val"] if it.label == label}
+        assert len(threshold ^ val) == abs(len(threshold) - 100) < 20
 
 
 def small_classes(root, counts, split_dir=""):

@@ -1,4 +1,4 @@
-"""Images in, decoded splits out: stable hash splits, the decoded-image cache, checks on the classes, class
+"""Images in, decoded splits out: stable stratified splits, the decoded-image cache, checks on the classes, class
 weights. :func:`load_data` is the one way a run gets its data; the sources it reads (folders, CSV, TFDS) are
 listed by :mod:`tlkit.sources` and decoded by :mod:`tlkit.images`."""
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,30 +101,48 @@ class ImageData:
 
 # === Splits ===
 
-def split_of(relative_path: str, val_fraction: float, test_fraction: float) -> str:
-    """The split a file belongs to, from a hash of its path inside its class folder.
+def split_hash(key: str, seed: int = 0) -> float:
+    """A file's place in [0, 1) for splitting: a hash of its path inside its class folder, salted by ``seed``
+    (0: the path alone)."""
+    text = f"{seed}:{key}" if seed else key
+    name = text.encode("utf-8", "surrogateescape")  # a file name that is not UTF-8 hashes by its bytes
+    return int(hashlib.sha1(name).hexdigest()[:8], 16) / 16**8
 
-    Adding or removing other files never moves a file to another split (TF Hub's retrain.py scheme), and
-    each class is split by the same fractions (stratified).
+
+def quotas(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """Images of a class of ``n`` that val and test take: the fractions of ``n`` rounded, but at least one each
+    (when asked for) as long as one image is left for training."""
+    def share(fraction, room):
+        return min(max(1, math.floor(n * fraction + 0.5)), room) if fraction else 0
+    val = share(val_fraction, n - 1)
+    return val, share(test_fraction, n - 1 - val)
+
+
+def assign_splits(items: list[Item], val_fraction: float, test_fraction: float,
+                  seed: int = 0) -> dict[str, list[Item]]:
+    """Items by split: splits the source fixes are kept; the val and test splits it lacks are carved out of
+    each class by exact quotas (:func:`quotas`): its files ranked by :func:`split_hash`, the lowest go to val,
+    the next to test.
+
+    A file's rank among its class never changes, so adding or removing files moves an existing file only
+    across a quota boundary: m files added to a class move at most m + 1 of its files across each boundary.
     """
-    name = relative_path.encode("utf-8", "surrogateescape")  # a file name that is not UTF-8 hashes by its bytes
-    bucket = int(hashlib.sha1(name).hexdigest()[:8], 16) / 16**8
-    if bucket < val_fraction:
-        return "val"
-    if bucket < val_fraction + test_fraction:
-        return "test"
-    return "train"
-
-
-def assign_splits(items: list[Item], val_fraction: float, test_fraction: float) -> dict[str, list[Item]]:
-    """Items by split: splits the source fixes are kept; val and test it lacks are hashed out of train."""
     given = {item.split for item in items}
     val = 0.0 if "val" in given else val_fraction
     test = 0.0 if "test" in given else test_fraction
     by_split = {name: [] for name in SPLITS}
+    by_class: dict[int, list[Item]] = {}
     for item in items:
-        name = item.split or "train"
-        by_split[split_of(item.key, val, test) if name == "train" else name].append(item)
+        if item.split in (None, "train") and (val or test):
+            by_class.setdefault(item.label, []).append(item)
+        else:
+            by_split[item.split or "train"].append(item)
+    for group in by_class.values():
+        group.sort(key=lambda item: (split_hash(item.key, seed), item.key))
+        n_val, n_test = quotas(len(group), val, test)
+        by_split["val"] += group[:n_val]
+        by_split["test"] += group[n_val:n_val + n_test]
+        by_split["train"] += group[n_val + n_test:]
     return by_split
 
 
@@ -317,7 +336,7 @@ def load_data(source: str | Path | Listing, size: int, spec: Data | None = None,
     unknown = sorted(set(spec.class_weight) - set(names)) if isinstance(spec.class_weight, dict) else []
     if unknown:
         raise TlkitError(f"data.class_weight names unknown class(es) {', '.join(unknown)}; classes: {', '.join(names)}")
-    by_split = assign_splits(listing.items, spec.val_fraction, spec.test_fraction)
+    by_split = assign_splits(listing.items, spec.val_fraction, spec.test_fraction, spec.split_seed)
     for name in SPLITS:
         if not by_split[name] and (name != "test" or spec.test_fraction > 0):
             raise TlkitError(f"the {name} split of {source} is empty; add images or change the split fractions "

@@ -51,6 +51,9 @@ class Head(_Spec):
     hidden: tuple[Annotated[int, Field(gt=0)], ...] = ()
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     activation: Literal["softmax", "sigmoid"] = "softmax"  # sigmoid: one unit, two classes only
+    # L2 penalty on the head's kernels, added to the mean loss; auto: 1 / (2 x training images), the strength
+    # of scikit-learn's LogisticRegression default (C=1); 0 turns it off
+    l2: Union[Literal["auto"], Annotated[float, Field(ge=0.0)]] = "auto"
 
 
 class Augment(_Spec):
@@ -80,6 +83,7 @@ class Data(_Spec):
     path: Optional[str] = None  # class folders, train/val(/test) folders, a CSV of path,label, or tfds:NAME[:SPLIT]
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # used when the source has no validation split
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # used when the source has no test split
+    split_seed: int = 0  # salts the path hash that ranks each class's files for the split; 0: the path alone
     class_weight: Union[None, Literal["auto"], dict[str, Annotated[float, Field(gt=0.0)]]] = None  # None: unweighted
     min_per_class: int = Field(5, ge=1)  # classes with fewer usable images get a warning
     # CSV sources (a header is recognised by name: path, file, filename, image, id, ...; label, class, category, ...)
@@ -104,6 +108,8 @@ class _Stage(_Spec):
     learning_rate: float = Field(gt=0.0)
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"  # sgd: momentum 0.9
     patience: Optional[int] = Field(3, ge=1)  # early stopping on val_loss; None turns it off
+    # each epoch repeats the training set until the stage takes at least this many optimizer steps
+    min_steps: int = Field(0, ge=0)
     weight_decay: Optional[float] = Field(None, ge=0.0)  # decoupled; None: the optimizer's default (adamw 0.004)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     # constant | plateau: x plateau_factor after plateau_patience epochs without a lower val_loss |
@@ -132,6 +138,7 @@ class FeatureExtraction(_Stage):
 
     kind: Literal["feature_extraction"] = "feature_extraction"
     learning_rate: float = Field(1e-3, gt=0.0)
+    min_steps: int = Field(3000, ge=0)  # the head to convergence: on cached features, seconds for any folder
 
 
 class FineTune(_Stage):

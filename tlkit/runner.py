@@ -20,6 +20,7 @@ from tlkit.errors import RunInterrupted, TlkitError
 from tlkit.evaluation.confidence import fit_confidence
 from tlkit.evaluation.evaluate import default_split, evaluate_split
 from tlkit.evaluation.report import write_report
+from tlkit.model import logits_and_features
 from tlkit.overrides import differences
 from tlkit.recipe import Recipe, is_from_scratch
 from tlkit.runfolder import RunFolder
@@ -113,10 +114,11 @@ def _finish(session: Session, folder: RunFolder, checkpoints: Checkpoints, resum
     folder.write_csv(folder.history_file, training.history)
 
     model = session.classifier.model
+    forward = logits_and_features(model)  # traced once for the calibration and both evaluations
     with _timed(timings, "calibrate"):
-        fit_confidence(model, session.data, recipe.trust, folder, recipe.batch_size)
+        fit_confidence(model, session.data, recipe.trust, folder, recipe.batch_size, forward)
     with _timed(timings, "evaluate"):
-        evaluations = {name: evaluate_split(model, session.data, folder, recipe.batch_size, name)
+        evaluations = {name: evaluate_split(model, session.data, folder, recipe.batch_size, name, forward)
                        for name in ("val", "test") if name in session.data.splits}
         metrics = _metrics(evaluations)
     folder.write_json(folder.metrics_file, metrics)
@@ -194,6 +196,7 @@ def _run_record(session: Session, training: Training, timings: dict, started: fl
         "feature_seconds": round(training.feature_seconds, 2),
         "stages": [asdict(s) for s in training.stages],
         "best": training.best,
+        "choices": _choices(recipe, session.data, training),
         "cache": session.features.events,
         "interruptions": _read_json(folder.interruptions_file, []),
         "export": str(exported) if exported else None,
@@ -213,6 +216,20 @@ def _random_init_record(session: Session) -> dict | None:
         return {"trained": "the recipe's stages on a random base (random_init=as_recipe)"}
     return {"trained": "the whole network from scratch", "batchnorm": recipe.batchnorm,
             "stages": [stage.model_dump() for stage in recipe.stages]}
+
+
+def _choices(recipe: Recipe, data: ImageData, training: Training) -> dict:
+    """The data-size-aware choices the run made, with the figures they rest on."""
+    return {
+        "split": {"rule": "exact per-class quotas of the files ranked by a hash of their path",
+                  "split_seed": recipe.data.split_seed, "val_fraction": recipe.data.val_fraction,
+                  "test_fraction": recipe.data.test_fraction, "class_counts": data.class_counts()},
+        "stages": [{"stage": s.name, "train_images": len(data.splits["train"]), "epochs_run": s.epochs_run,
+                    "steps_per_epoch": s.steps_per_epoch, "passes_per_epoch": s.passes_per_epoch,
+                    "head_l2": s.l2} for s in training.stages],
+        "kept": training.best,
+        "kept_rule": "the latest epoch whose val_loss is within one standard error of the lowest",
+    }
 
 
 def check_writable(path: Path) -> None:

@@ -24,9 +24,10 @@ ECE_BINS = 15
 CURVE_POINTS = 50
 
 
-def model_outputs(model, pixels: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Head logits ``(N, classes)`` and pooled base features ``(N, channels)`` of uint8 pixels."""
-    forward = logits_and_features(model)
+def model_outputs(model, pixels: np.ndarray, batch_size: int = 64, forward=None) -> tuple[np.ndarray, np.ndarray]:
+    """Head logits ``(N, classes)`` and pooled base features ``(N, channels)`` of uint8 pixels; ``forward``:
+    ``logits_and_features(model)`` traced before (it reads the model's variables, so it serves any weights)."""
+    forward = forward or logits_and_features(model)
     parts = [forward(pixels[i:i + batch_size].astype(np.float32))
              for i in progress(range(0, len(pixels), batch_size), desc="predict", unit="batch")]
     if not parts:
@@ -111,17 +112,20 @@ def selective(score: np.ndarray, correct: np.ndarray, threshold: float | None) -
 
 # === The fit ===
 
-def fit_confidence(model, data: ImageData, spec: Trust, folder: RunFolder, batch_size: int = 64) -> Confidence:
+def fit_confidence(model, data: ImageData, spec: Trust, folder: RunFolder, batch_size: int = 64,
+                   forward=None) -> Confidence:
     """Fit the record on ``data``'s val split (class means on its train split, AUROC against ``spec.ood`` images
-    when given, else correct against misclassified validation images), write it to the run folder, return it."""
+    when given, else correct against misclassified validation images), write it to the run folder, return it.
+    ``forward`` as for :func:`model_outputs`."""
+    forward = forward or logits_and_features(model)
     val = data.splits["val"]
-    _, train_features = model_outputs(model, data.splits["train"].images, batch_size)
+    _, train_features = model_outputs(model, data.splits["train"].images, batch_size, forward)
     unit = train_features / np.maximum(np.linalg.norm(train_features, axis=1, keepdims=True), 1e-12)
     labels = data.splits["train"].labels
     means = np.stack([unit[labels == c].mean(axis=0) if np.any(labels == c) else np.zeros(unit.shape[1])
                       for c in range(len(data.class_names))])
     means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
-    logits, features = model_outputs(model, val.images, batch_size)
+    logits, features = model_outputs(model, val.images, batch_size, forward)
     temperature = fit_temperature(logits, val.labels)
     confidence = Confidence(temperature=temperature, unknown_label=spec.unknown_label, class_means=means.tolist())
     probs = calibrated(logits, temperature).numpy()
@@ -134,7 +138,7 @@ def fit_confidence(model, data: ImageData, spec: Trust, folder: RunFolder, batch
         pixels, unreadable, _ = decode_all(files, model.inputs[0].shape[1], "ood images")
         for path, reason in failures + unreadable:
             log.warning("trust.ood: skipped %s: %s", path, reason)
-        ood_logits, ood_features = model_outputs(model, pixels, batch_size)
+        ood_logits, ood_features = model_outputs(model, pixels, batch_size, forward)
         ood_scores = all_scores(calibrated(ood_logits, temperature).numpy(), ood_features, confidence)
         ood_note = f"validation images vs {len(pixels)} out-of-distribution images of {spec.ood}"
     aurocs = {name: auroc(s, ood_scores[name]) if ood_scores else auroc(s[correct], s[~correct])

@@ -66,7 +66,7 @@ def write_report(evaluation: Evaluation, out: str | Path) -> Path:
 
 def training_curves(history: list[dict], file: Path) -> None:
     """Loss and accuracy per epoch, training and validation, for all stages; stage boundaries dashed and the
-    epoch whose weights were kept (lowest validation loss) starred."""
+    epoch of the lowest validation loss starred."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -86,7 +86,7 @@ def training_curves(history: list[dict], file: Path) -> None:
             val_loss = [_number(row.get("val_loss")) for row in history]
             best = int(np.nanargmin(val_loss))
             ax.plot(epochs[best], val_loss[best], "*", color="crimson", markersize=15,
-                    label=f"lowest validation loss (epoch {epochs[best]}, weights kept)")
+                    label=f"lowest validation loss (epoch {epochs[best]})")
         else:
             ax.set_ylim(0, 1.08)
         ax.set_xlabel("epoch")

@@ -26,9 +26,11 @@ def _label_spec(recipe):
     return tf.TensorSpec((None,), tf.int32)
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The training order of an epoch: a function of seed and epoch only, so a resumed run repeats it."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
+def epoch_order(n: int, seed: int, epoch: int, passes: int = 1) -> np.ndarray:
+    """The training order of an epoch, ``passes`` shuffled passes over ``n`` examples: a function of seed, epoch
+    and passes only, so a resumed run repeats it."""
+    return np.concatenate([np.random.default_rng([seed, epoch, *([k] if k else [])]).permutation(n)
+                           for k in range(passes)])
 
 
 def indexed_dataset(order: np.ndarray, gather, specs, batch_size: int, drop_remainder: bool = False):

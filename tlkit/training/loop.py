@@ -2,6 +2,8 @@
 MultiWorkerMirroredStrategy alike), the weighted loss, and evaluation; epochs run inside the graph."""
 from __future__ import annotations
 
+import math
+
 import keras
 import tensorflow as tf
 
@@ -22,8 +24,10 @@ class Loop:
     replicas and workers (Keras 3 ``fit`` does not run under MultiWorkerMirroredStrategy, keras#20585)."""
 
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, optimizer, recipe: Recipe,
-                 class_weight: dict[int, float] | None = None, label_smoothing: float = 0.0):
+                 class_weight: dict[int, float] | None = None, label_smoothing: float = 0.0,
+                 l2: float = 0.0, penalized=()):
         self.strategy, self.model, self.optimizer = strategy, model, optimizer
+        self.l2, self.penalized = l2, list(penalized)  # l2 x their sum of squares joins the loss
         self.per_example_loss = loss_for(recipe, label_smoothing, reduction=None)
         self.class_weight = None if class_weight is None else tf.constant(
             [class_weight[i] for i in range(len(class_weight))], tf.float32)  # training loss weight per class
@@ -46,6 +50,9 @@ class Loop:
             if self.class_weight is not None:
                 losses *= tf.gather(self.class_weight, tf.reshape(tf.cast(y, tf.int32), [-1]))
             loss = tf.nn.compute_average_loss(losses)
+            if self.penalized:
+                penalty = tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in self.penalized])
+                loss += tf.nn.scale_regularization_loss(self.l2 * penalty)
             scaled = self.optimizer.scale_loss(loss)  # loss scaling under mixed_float16, else unchanged
         variables = self.model.trainable_variables
         self.optimizer.apply(tape.gradient(scaled, variables), variables)
@@ -72,14 +79,18 @@ class Loop:
         return {"loss": float(totals[0] / totals[2]), "accuracy": float(totals[1] / totals[2])}
 
     def _evaluate(self, batches):
-        totals = tf.zeros(3)
+        totals = tf.zeros(4)
         for x, y in batches:
             out = tf.cast(self.model(x, training=False), tf.float32)
-            totals += tf.stack([tf.reduce_sum(self.per_example_loss(y, out)), self._correct(y, out),
-                                tf.cast(tf.shape(y)[0], tf.float32)])
+            losses = self.per_example_loss(y, out)
+            totals += tf.stack([tf.reduce_sum(losses), self._correct(y, out), tf.cast(tf.shape(y)[0], tf.float32),
+                                tf.reduce_sum(tf.square(losses))])
         return totals
 
     def evaluate(self, dataset) -> dict:
-        """Loss and accuracy over a dataset, computed locally (every worker gets the same figures)."""
-        totals = self._evaluate_epoch(dataset).numpy()
-        return {"loss": float(totals[0] / totals[2]), "accuracy": float(totals[1] / totals[2])}
+        """Loss, its standard error (over examples) and accuracy over a dataset, computed locally (every worker
+        gets the same figures)."""
+        total, correct, count, squares = self._evaluate_epoch(dataset).numpy().tolist()
+        loss = total / count
+        return {"loss": loss, "accuracy": correct / count,
+                "loss_se": math.sqrt(max(0.0, squares / count - loss ** 2) / count)}

@@ -20,7 +20,7 @@ from tlkit.training.distribute import Placement
 from tlkit.training.features import POOLED_LABEL, CutFeatures, FeatureStore, above_cut_model, choose_replicas, \
     cut_label, feature_batch, feature_model, pooled_model
 from tlkit.training.loop import Loop
-from tlkit.training.optim import batches_per_epoch, current_learning_rate, make_optimizer, stage_callbacks
+from tlkit.training.optim import current_learning_rate, make_optimizer, stage_callbacks
 from tlkit.training.stage import StagePlan, plan_stages
 from tlkit.training.state import StageReport, Training, TrainState
 from tlkit.training.summary import parameter_summary
@@ -48,7 +48,7 @@ class Trainer:
         self.placement, self.checkpoints = placement, checkpoints
         self.log_dir = log_dir  # per stage: parameter summary and TensorBoard logs; None: neither
         self.replicas = choose_replicas(recipe, classifier.augment)
-        self.plans = plan_stages(recipe, classifier.base, self.replicas)
+        self.plans = plan_stages(recipe, classifier.base, self.replicas, len(data.splits["train"]))
         self.features: dict[int, tuple[CutFeatures, CutFeatures]] = {}  # cut index -> (train, val)
         self.catalogue, self.rows = data.catalogue()  # every image in one order, and each split's rows in it
         self.shared: dict[int, list] = {}  # cut index -> unaugmented tensors of every image (catalogue order)
@@ -162,7 +162,7 @@ class Trainer:
     def datasets(self, plan: StagePlan, epoch: int):
         """This epoch's training batches and the validation batches, of cached features or full images."""
         train_split, val_split = self.data.splits["train"], self.data.splits["val"]
-        order = epoch_order(len(train_split), self.recipe.seed, epoch)
+        order = epoch_order(len(train_split), self.recipe.seed, epoch, plan.passes)
         drop = self.placement.replicas > 1  # every replica gets a non-empty batch
         if plan.cached:
             train_features, val_features = self.features[plan.cut]
@@ -179,26 +179,38 @@ class Trainer:
         set_trainable(classifier, self.recipe, plan.spec)
         with strategy.scope():
             model = above_cut_model(classifier, plan.cut) if plan.cached else classifier.model
-            optimizer = make_optimizer(plan.spec, batches_per_epoch(len(self.data.splits["train"]),
-                                                                    self.recipe.batch_size),
-                                       classifier.base.trainable_variables)
+            optimizer = make_optimizer(plan.spec, plan.steps_per_epoch, classifier.base.trainable_variables)
             if self.placement.precision == "mixed_float16":
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             optimizer.build(model.trainable_variables)
-        loop = Loop(strategy, model, optimizer, self.recipe, self.data.class_weight_by_id(), plan.spec.label_smoothing)
+        kernels = [layer.kernel for layer in classifier.head.layers if isinstance(layer, keras.layers.Dense)]
+        loop = Loop(strategy, model, optimizer, self.recipe, self.data.class_weight_by_id(), plan.spec.label_smoothing,
+                    self.l2(), kernels)
         with strategy.scope():
             model.compile(optimizer, loop.per_example_loss)
         return StageSetup(model, optimizer, loop)
+
+    def l2(self) -> float:
+        """The head's L2 penalty: ``head.l2``, or (auto) 1 / (2 x training images)."""
+        spec = self.recipe.head.l2
+        return 1 / (2 * len(self.data.splits["train"])) if spec == "auto" else float(spec)
 
     def _run_stage(self, plan: StagePlan, state: TrainState, optimizer_values: list | None) -> None:
         setup = self.setup(plan)
         for variable, value in zip(setup.optimizer.variables, optimizer_values or []):
             variable.assign(value)
         log.info("stage %s: %s (%s)", plan.id, plan.mode, plan.reason)
+        log.info("stage %s: %d epochs of %d steps (%d pass(es) over %d training images); head L2 %.2g", plan.id,
+                 plan.spec.epochs, plan.steps_per_epoch, plan.passes, len(self.data.splits["train"]), self.l2())
+        if plan.passes > 1 and not plan.cached:
+            log.warning("stage %s: min_steps=%d makes each epoch %d passes, each running the whole base; set "
+                        "stage%d.min_steps=0 to trade accuracy for time", plan.id, plan.spec.min_steps,
+                        plan.passes, plan.index + 1)
         stage_dir = self.log_dir / plan.folder_name if self.log_dir else None
         summary = parameter_summary(self.classifier, self.recipe.batchnorm, plan.id).report(stage_dir)
         report = StageReport(plan.id, plan.mode, plan.reason, plan.first_trainable_layer, summary.trainable,
-                             summary.total, asdict(summary))
+                             summary.total, asdict(summary), steps_per_epoch=plan.steps_per_epoch,
+                             passes_per_epoch=plan.passes, l2=self.l2())
         hooks = stage_callbacks(plan.spec, stage_dir)
         plateau = next((c for c in hooks if isinstance(c, keras.callbacks.ReduceLROnPlateau)), None)
         callbacks = keras.callbacks.CallbackList(hooks, model=setup.model)
@@ -222,8 +234,8 @@ class Trainer:
                 break
 
     def _epoch(self, plan: StagePlan, setup: StageSetup, callbacks, state: TrainState) -> bool:
-        """Train and validate one epoch, record it; return whether it is the best epoch so far (then its
-        weights are kept)."""
+        """Train and validate one epoch, record it; return whether it is the epoch kept so far (then its weights
+        are)."""
         started = time.perf_counter()
         callbacks.on_epoch_begin(state.global_epoch)
         train, val = self.datasets(plan, state.global_epoch)
@@ -240,10 +252,13 @@ class Trainer:
         return best_changed
 
     def _finish(self, plan: StagePlan, state: TrainState, report: StageReport, stopped: bool) -> None:
-        """End a stage with the best weights seen in any stage, so it never leaves a worse model."""
+        """End a stage with the kept weights of any stage, so it never leaves a clearly worse model."""
         if stopped:
-            log.info("%s: early stop, validation loss did not improve for %d epochs", plan.id, state.wait)
+            log.info("%s: early stop, no epoch within one standard error of the lowest validation loss for %d "
+                     "epochs", plan.id, state.wait)
         if self.best_weights is not None:
             self.classifier.model.set_weights(self.best_weights)
         report.seconds = state.stage_seconds(plan.id)
+        log.info("%s: kept epoch %d of the run (%s, val_loss %.4f, val_accuracy %.4f)", plan.id, state.best["epoch"],
+                 state.best["stage"], state.best["val_loss"], state.best["val_accuracy"])
         state.stages.append(asdict(report))
