@@ -60,9 +60,9 @@ def passes_per_epoch(spec, train_images: int, batch_size: int) -> int:
     return max(1, math.ceil(math.ceil(spec.min_steps / spec.epochs) * batch_size / train_images))
 
 
-def plan_stages(recipe: Recipe, base, replicas: Replicas | None, train_images: int) -> list[StagePlan]:
-    """The plan of every stage of ``recipe`` on ``base`` for ``train_images`` training images; ``replicas``
-    None means every step runs the base."""
+def plan_stages(recipe: Recipe, base, replicas: Replicas | None, train_images: int = 0) -> list[StagePlan]:
+    """The plan of every stage of ``recipe`` on ``base`` for ``train_images`` training images (0: not known yet,
+    one pass per epoch); ``replicas`` None means every step runs the base."""
     if replicas is not None:
         mode, reason = replicas.name, replicas.reason
     else:
