@@ -153,12 +153,11 @@ def _in_order(by_split: dict[str, list[Item]]) -> list[Item]:
 
 def _decode_into(out: np.ndarray, listing: Listing, by_split: dict[str, list[Item]], size: int,
                  failed: dict[int, str]) -> dict[int, str]:
-    """Decode every item into ``out``: each split's images in order from the first row of its region
-    (regions follow SPLITS, one row per item); return the reason for each failed position, starting with
-    those already ``failed``."""
+    """Decode every item into ``out``: each split's decoded images in position order from the first row of its
+    region (regions follow SPLITS, one row per item; failed items leave the region's last rows unused); return
+    the reason for each failed position, starting with those already ``failed``. Payloads may come in any
+    order (TFDS streams its examples in the dataset's order)."""
     order = _in_order(by_split)
-    region = np.repeat(np.arange(len(SPLITS)), [len(by_split[name]) for name in SPLITS])
-    next_row = np.cumsum([0] + [len(by_split[name]) for name in SPLITS[:-1]])
     failures = dict(failed)
     payloads = ((p, x) for p, x in listing.payloads([item.origin for item in order]) if p not in failed)
     with progress(total=len(order) - len(failed), desc="decode", unit="img") as bar:
@@ -167,8 +166,14 @@ def _decode_into(out: np.ndarray, listing: Listing, by_split: dict[str, list[Ite
             if reason:
                 failures[position] = reason
             else:
-                out[next_row[region[position]]] = pixels
-                next_row[region[position]] += 1
+                out[position] = pixels
+    start = 0
+    for name in SPLITS:  # close each region's gaps: its decoded rows first, in position order
+        end = start + len(by_split[name])
+        for row, position in enumerate((p for p in range(start, end) if p not in failures), start):
+            if row != position:
+                out[row] = out[position]
+        start = end
     return failures
 
 
