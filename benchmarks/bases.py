@@ -4,7 +4,7 @@ cached below them); each stage runs two epochs and the second is reported (the f
 the CPU seconds of the whole training (features and the four epochs), which other work on the machine inflates
 less than wall time. On a flowers5 subset at one image size for all (or each base's default): the training of
 `tlkit run` without its checkpoints, evaluation and saving, an empty feature cache per base. Weights do not
-change the time: random init.
+change the time: random init, training the recipe's stages as written (random_init=as_recipe).
 
     PYTHONPATH=. python benchmarks/bases.py [DATA] [--per-class 5] [--image-size 224] [--bases a,b,...]
         [--results FILE.jsonl]
@@ -45,7 +45,7 @@ def measure(base: str, data: Path, cache: Path, size: int | None) -> dict:
 
     record = get_backbone(base)
     recipe = Recipe(description=f"timing {base}", base=base, alpha=1.0 if record.alphas else None, weights="none",
-                    image_size=size,
+                    random_init="as_recipe", image_size=size,
                     stages=(FeatureExtraction(epochs=2, patience=None),
                             FineTune(epochs=2, patience=None, unfreeze_blocks=2)))
     session = prepare(recipe, data, cache_dir=cache)
