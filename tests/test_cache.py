@@ -124,3 +124,15 @@ def test_each_flip_replica_holds_the_base_output_of_that_flip_at_every_cut(flowe
     train, val = trainer.features[high]
     assert (train.replicas, val.replicas) == (2, 1)  # validation images: the unaugmented copy only
     assert train.shared is val.shared and len(train.shared[0]) == sum(data.counts().values())  # one entry, all images
+
+
+def test_inference_takes_models_of_several_inputs():
+    """A cut between layers can leave several tensors (NASNet's cells take two): the traced forward of the
+    model above it takes them as a list, batches of any size."""
+    import keras
+
+    from tlkit.model import inference
+    a, b = keras.Input((4, 4, 3)), keras.Input((4, 4, 2))
+    model = keras.Model([a, b], keras.layers.Concatenate()([a, b * 2.0]))
+    x = [np.random.default_rng(0).random((n, 4, 4, c), np.float32) for n, c in ((5, 3), (5, 2))]
+    np.testing.assert_allclose(inference(model)(x).numpy(), np.asarray(model(x)), rtol=1e-6)

@@ -145,13 +145,15 @@ def unfreeze_index(recipe: Recipe, base: keras.Model, stage: FineTune) -> int:
 
 
 def inference(model: keras.Model):
-    """``model(x, training=False)`` on float32 batches ``x`` of any size (Keras casts them to the model's compute
-    dtype), usable outside a strategy's replica context (Keras' predict splits batches across replicas under
-    MirroredStrategy). Traced once: the batch dimension is left open, so a short last batch does not retrace."""
+    """``model(x, training=False)`` on float32 batches ``x`` (a list for a model of several inputs) of any size
+    (Keras casts them to the model's compute dtype), usable outside a strategy's replica context (Keras' predict
+    splits batches across replicas under MirroredStrategy). Traced once: the batch dimension is left open, so a
+    short last batch does not retrace."""
     import tensorflow as tf
-    (inputs,) = model.inputs
-    spec = tf.TensorSpec((None, *inputs.shape[1:]), tf.float32)
-    return tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    specs = [tf.TensorSpec((None, *tensor.shape[1:]), tf.float32) for tensor in model.inputs]
+    if len(specs) == 1:
+        return tf.function(lambda x: model(x, training=False), input_signature=specs)
+    return tf.function(lambda x: model(list(x), training=False), input_signature=[specs])  # a list of inputs
 
 
 def cut_index(recipe: Recipe, base: keras.Model, stage) -> int:
