@@ -48,7 +48,7 @@ def measure(base: str, data: Path, cache: Path, size: int | None) -> dict:
                     random_init="as_recipe", image_size=size,
                     stages=(FeatureExtraction(epochs=2, patience=None),
                             FineTune(epochs=2, patience=None, unfreeze_blocks=2)))
-    session = prepare(recipe, data, cache_dir=cache)
+    session = prepare(recipe, data, cache_dir=cache, group_duplicates=False)  # features computed by training
     cpu = time.process_time()
     training = session.trainer().run()
     cpu = time.process_time() - cpu
