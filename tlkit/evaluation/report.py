@@ -171,12 +171,8 @@ def reliability_plot(trust: dict, file: Path) -> None:
             ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], style, label=label)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("confidence (top probability), per bin")
-    ax.set_ylabel("accuracy in the bin")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
-    ax.set_title("Reliability diagram")
-    figure.savefig(file, dpi=110)
+    _save_chart(figure, ax, file, "Reliability diagram", "confidence (top probability), per bin", "accuracy in the bin",
+                "upper left")
 
 
 def coverage_plot(trust: dict, file: Path) -> None:
@@ -193,11 +189,17 @@ def coverage_plot(trust: dict, file: Path) -> None:
         ax.plot(trust["coverage"], trust["accuracy_answered"], "*", color="crimson", markersize=14,
                 label=f"threshold {trust['threshold']:.3g} on {trust['score']}")
     ax.set_xlim(0, 1.02)
-    ax.set_xlabel("coverage (share of images answered)")
-    ax.set_ylabel("accuracy of the answered images")
+    _save_chart(figure, ax, file, "Accuracy against coverage", "coverage (share of images answered)",
+                "accuracy of the answered images", "lower left")
+
+
+def _save_chart(figure, ax, file: Path, title: str, xlabel: str, ylabel: str, legend: str) -> None:
+    """Label, grid and legend one line chart the same way, and write it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
-    ax.set_title("Accuracy against coverage")
+    ax.legend(loc=legend, fontsize=8)
+    ax.set_title(title)
     figure.savefig(file, dpi=110)
 
 
