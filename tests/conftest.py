@@ -5,6 +5,7 @@ ImageNet weights, real photos) are marked ``assets``. Without the folder they ar
 the summary saying how to enable them; with ``TLKIT_REQUIRE_SHARED=1`` (as CI sets) a missing folder is an
 error instead. ``pytest -m "not assets"`` runs the tier that needs nothing but the checkout.
 """
+import importlib.util
 import os
 from pathlib import Path
 
@@ -29,6 +30,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.assets)
             if not HAVE_SHARED:
                 item.add_marker(pytest.mark.skip(reason=MISSING))
+
+
+if importlib.util.find_spec("xdist"):  # the test extra installs it; setup.cfg runs two workers
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        """Whole modules go to one worker, so a module's fixtures are built once; the serving package counts as
+        one module, its tests sharing one trained and exported run."""
+
+        def _split_scope(self, nodeid):
+            module = nodeid.split("::", 1)[0]
+            return "tests/serving" if module.startswith("tests/serving/") else module
+
+    def pytest_xdist_make_scheduler(config, log):
+        return ModuleScheduling(config, log)
 
 
 def pytest_terminal_summary(terminalreporter):

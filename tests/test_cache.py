@@ -23,11 +23,12 @@ def _final_weights(result):
 @pytest.fixture(scope="module")
 def cached_run(flowers_small, weights_dir, tmp_path_factory):
     return run(_recipe(), tmp_path_factory.mktemp("r") / "cached", data=str(flowers_small),
-               weights_dir=str(weights_dir), cache_dir=str(tmp_path_factory.mktemp("cache")))
+               weights_dir=str(weights_dir), cache_dir=str(tmp_path_factory.mktemp("cache")), export=False)
 
 
 def test_cached_and_full_forward_training_give_the_same_model(cached_run, flowers_small, weights_dir, tmp_path):
-    plain = run(_recipe("cache=false"), tmp_path / "plain", data=str(flowers_small), weights_dir=str(weights_dir))
+    plain = run(_recipe("cache=false"), tmp_path / "plain", data=str(flowers_small), weights_dir=str(weights_dir),
+                export=False)
     info = [json.loads((r.folder / "run.json").read_text()) for r in (cached_run, plain)]
     assert [s["mode"] for s in info[0]["stages"]] == ["cached", "cached"]
     assert [s["mode"] for s in info[1]["stages"]] == ["full forward", "full forward"]
@@ -51,18 +52,19 @@ def test_cached_and_full_forward_training_give_the_same_model(cached_run, flower
 def test_cache_is_reused_only_when_nothing_changed(cached_run, flowers_small, weights_dir, tmp_path):
     cache_dir = json.loads((cached_run.folder / "run.json").read_text())["cache"][0]["folder"].rsplit("/", 1)[0]
     again = run(_recipe(), tmp_path / "again", data=str(flowers_small), weights_dir=str(weights_dir),
-                cache_dir=cache_dir)
+                cache_dir=cache_dir, export=False)
     events = json.loads((again.folder / "run.json").read_text())["cache"]
     assert [e["event"] for e in events] == ["reused"] * 2  # every image at the fine-tuning cut and the output
     moved = run(_recipe("stage2.unfreeze_blocks=2", "stage1.epochs=1", "stage2.epochs=1"),
-                tmp_path / "moved", data=str(flowers_small), weights_dir=str(weights_dir), cache_dir=cache_dir)
+                tmp_path / "moved", data=str(flowers_small), weights_dir=str(weights_dir), cache_dir=cache_dir,
+                export=False)
     events = json.loads((moved.folder / "run.json").read_text())["cache"]
     assert [e["event"] for e in events] == ["computed", "reused"]  # new cut, same top
 
 
 def test_features_stream_from_disk_beyond_the_memory_budget(flowers_small, weights_dir, tmp_path):
     result = run(_recipe("stage1.epochs=1", "stage2.epochs=1"), tmp_path / "disk", data=str(flowers_small),
-                 weights_dir=str(weights_dir), cache_dir=str(tmp_path / "c"), cache_memory=0.0)
+                 weights_dir=str(weights_dir), cache_dir=str(tmp_path / "c"), cache_memory=0.0, export=False)
     events = json.loads((result.folder / "run.json").read_text())["cache"]
     assert {e["where"] for e in events} == {"disk (memory-mapped)"}
     assert result.metrics["val"]["accuracy"] > 0.4

@@ -76,7 +76,8 @@ main()
 def test_mirrored_strategy_over_two_logical_cpus(shapes, weights_dir, tmp_path):
     run_dir = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "-c", MIRRORED, "run", "quickstart", "--out", str(run_dir),
-                                "--weights-dir", str(weights_dir), "--strategy", "mirrored", *QUICK],
+                                "--weights-dir", str(weights_dir), "--strategy", "mirrored", *QUICK,
+                                "--export", "none"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     finish(process)
     info = json.loads((run_dir / "run.json").read_text())
@@ -104,7 +105,7 @@ def _wait_for(run_dir: Path, condition, process, timeout=300):
 
 def test_killed_in_each_stage_resumes_to_the_uninterrupted_result(flowers_small, weights_dir, tmp_path):
     args = ["run", "quickstart", "--data", flowers_small, "--weights-dir", weights_dir, *QUICK,
-            "--set", "stage1.patience=null", "--set", "stage2.patience=null"]
+            "--set", "stage1.patience=null", "--set", "stage2.patience=null", "--export", "none"]
     reference = tmp_path / "reference"
     finish(tlkit([*args, "--out", reference]))
 
@@ -139,7 +140,8 @@ def test_killed_in_each_stage_resumes_to_the_uninterrupted_result(flowers_small,
 def test_ctrl_c_saves_and_prints_the_resume_command(flowers_small, weights_dir, tmp_path):
     run_dir = tmp_path / "run"
     process = tlkit(["run", "quickstart", "--data", flowers_small, "--weights-dir", weights_dir, "--out", run_dir,
-                     "--image-size", "64", "--set", "stage1.epochs=200", "--set", "stage1.patience=null"])
+                     "--image-size", "64", "--set", "stage1.epochs=200", "--set", "stage1.patience=null",
+                     "--export", "none"])
     _wait_for(run_dir, lambda s: s["global_epoch"] >= 1, process)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
@@ -236,7 +238,7 @@ def test_mixed_float16_scales_the_loss(shapes, weights_dir, tmp_path):
     """The GPU precision path (loss scaling) runs on the CPU too, slowly but correctly."""
     result = CliRunner().invoke(cli, ["run", "quickstart", "--out", str(tmp_path / "run"), "--weights-dir",
                                       str(weights_dir), "--precision", "mixed_float16", "--image-size", "48",
-                                      "--epochs", "2,1"])
+                                      "--epochs", "2,1", "--export", "none"])
     import keras
     keras.mixed_precision.set_global_policy("float32")
     assert result.exit_code == 0, result.output

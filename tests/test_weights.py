@@ -60,7 +60,7 @@ def test_missing_weights_file_is_one_line():
 def test_auto_falls_back_to_random_init_and_records_it(shapes, tmp_path):
     recipe = override(load_recipe("quickstart"), ["weights=auto", "random_init=as_recipe", "image_size=48",
                                                   "stage1.epochs=1", "stage2.epochs=1"])
-    result = run(recipe, tmp_path / "run", data=str(shapes))
+    result = run(recipe, tmp_path / "run", data=str(shapes), export=False)
     info = json.loads((result.folder / "run.json").read_text())
     assert info["weights"]["loaded"] == "random init"
     assert any("RANDOM INIT" in w for w in info["warnings"])
