@@ -100,11 +100,17 @@ def embed(features: np.ndarray, dims: int = EMBED_DIMS) -> np.ndarray:
     x = unit_rows(features)
     x -= x.mean(axis=0)
     if min(x.shape) > dims:
-        from scipy.linalg import eigh
-
         sample = x[::max(1, len(x) // 2048)]  # the axes of a couple of thousand images are the axes of all
-        _, vectors = eigh(sample.T @ sample, subset_by_index=[x.shape[1] - dims, x.shape[1] - 1])  # the top only
-        x = x @ vectors[:, ::-1]
+        if len(sample) < x.shape[1]:  # the same axes from the images' smaller Gram matrix
+            _, vectors = np.linalg.eigh(sample @ sample.T)
+            vectors = sample.T @ vectors[:, ::-1][:, :dims]
+            vectors /= np.linalg.norm(vectors, axis=0)
+        else:
+            from scipy.linalg import eigh
+
+            _, vectors = eigh(sample.T @ sample, subset_by_index=[x.shape[1] - dims, x.shape[1] - 1])  # the top only
+            vectors = vectors[:, ::-1]
+        x = x @ vectors
     return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
 
 
