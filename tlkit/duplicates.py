@@ -26,6 +26,7 @@ PROFILE_SIZE, DETAIL_SIZE = 32, 64  # samples of the profiles; side of the band-
 COLOUR_THRESHOLD = 0.8  # aligned copies keep their colours: the correlation of their smoothed chroma must reach this
 GREY = 4.0  # smoothed chroma spread (grey levels) below which an image counts as grey: its colour says nothing
 CLIPPED = 250  # a channel at or above this (after resampling) is a clipped highlight, left out of the check
+PIXELS_AT_ONCE = 2 ** 17  # image pixels the detail check works on at once (what bounds its memory)
 _GRAY = np.array([0.299, 0.587, 0.114], np.float32)
 
 
@@ -132,19 +133,45 @@ def neighbours(z: np.ndarray, k: int, block: int = 2048) -> tuple[np.ndarray, np
 
 # === Pixels: alignment and the detail check ===
 
+def _edges(offsets, widths, n: int, length: int) -> np.ndarray:
+    """Where ``n`` equal bins covering ``[offset, offset + width]`` (fractions of a side of ``length`` pixels)
+    begin and end, in pixels: ``(..., n + 1)`` for arrays of ``offsets`` and ``widths`` ``(..., 1)``."""
+    return np.clip((offsets + np.arange(n + 1, dtype=np.float32) * widths / n) * length, 0, length)
+
+
 def _bin_means(x: np.ndarray, offsets, widths, n: int) -> np.ndarray:
     """Means of ``x`` along its last axis over ``n`` equal bins covering ``[offset, offset + width]``
-    (fractions of the axis; pixels count by the share a bin covers): ``(..., crops, n)`` for arrays of
-    ``offsets`` and ``widths``. Crops and resizes with area averaging, from cumulative sums."""
+    (fractions of the axis; pixels count by the share a bin covers): ``(..., n)``, where ``offsets`` and
+    ``widths`` broadcast against ``x.shape[:-1]``. Crops and resizes with area averaging, from cumulative sums."""
     length = x.shape[-1]
     total = np.concatenate([np.zeros(x.shape[:-1] + (1,), np.float32), np.cumsum(x, axis=-1, dtype=np.float32)],
                            axis=-1)
-    offsets = np.atleast_1d(np.asarray(offsets, np.float32))[:, None]
-    widths = np.atleast_1d(np.asarray(widths, np.float32))[:, None]
-    edges = np.clip((offsets + np.arange(n + 1, dtype=np.float32) * widths / n) * length, 0, length)
+    offsets, widths = np.asarray(offsets, np.float32)[..., None], np.asarray(widths, np.float32)[..., None]
+    edges = _edges(offsets, widths, n, length)
     left = np.minimum(edges.astype(np.int64), length - 1)
-    at_edges = total[..., left] + (edges - left) * (total[..., left + 1] - total[..., left])
-    return np.diff(at_edges, axis=-1) / (widths * length / n)
+    left = left[(np.newaxis,) * (total.ndim - left.ndim)]
+    below, above = np.take_along_axis(total, left, -1), np.take_along_axis(total, left + 1, -1)
+    return np.diff(below + (edges - left) * (above - below), axis=-1) / (widths * length / n)
+
+
+def _bin_weights(crops: np.ndarray, n: int, length: int) -> np.ndarray:
+    """The bins of :func:`_bin_means` as matrices ``(crops, n, length)``: each row weighs the pixels of one bin
+    of a crop ``(offset, width)`` of a side, so ``weights @ x`` crops and resizes ``x`` along that side."""
+    offsets, widths = np.asarray(crops[:, :1], np.float32), np.asarray(crops[:, 1:], np.float32)
+    below = np.clip(_edges(offsets, widths, n, length)[..., None] - np.arange(length), 0, 1)  # pixel share below
+    return (np.diff(below, axis=1) / (widths * length / n)[..., None]).astype(np.float32)
+
+
+def _range_means(x: np.ndarray, crops: np.ndarray) -> np.ndarray:
+    """Means of images ``x`` ``(pairs, height, width)`` over the rows ``crops[p]`` (``offset, width``, fractions
+    of the height) covers in whole pixels, from ``int(offset * height)`` to ``round((offset + width) * height)``:
+    ``(pairs, width)``."""
+    length = x.shape[1]
+    total = np.concatenate([np.zeros_like(x[:, :1], np.float64), np.cumsum(x, axis=1, dtype=np.float64)], axis=1)
+    low = (crops[:, 0] * length).astype(np.int64)
+    high = np.round((crops[:, 0] + crops[:, 1]) * length).astype(np.int64)
+    pairs = np.arange(len(x))
+    return ((total[pairs, high] - total[pairs, low]) / (high - low)[:, None]).astype(np.float32)
 
 
 def _centred_unit(x: np.ndarray) -> np.ndarray:
@@ -152,6 +179,25 @@ def _centred_unit(x: np.ndarray) -> np.ndarray:
     x = x - x.mean(axis=-1, keepdims=True)
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
     return np.divide(x, norm, out=np.zeros_like(x), where=norm > 1e-3 * x.shape[-1] ** 0.5)
+
+
+def _moments(x: np.ndarray, y: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per pair (first axis), over the entries ``keep`` marks (it broadcasts against ``x`` and ``y``): their
+    number, the sums of squared deviations from the mean of ``x`` and of ``y``, and of their products
+    (accumulated in float64)."""
+    keep = np.broadcast_to(keep, x.shape).reshape(len(x), -1)
+    x, y = x.reshape(len(x), -1), y.reshape(len(y), -1)
+    n, kx, ky = keep.sum(axis=1), x * keep, y * keep
+    sx, sy = kx.sum(axis=1, dtype=np.float64), ky.sum(axis=1, dtype=np.float64)
+    sums = (np.einsum("pi,pi->p", u, v, dtype=np.float64) for u, v in ((kx, x), (ky, y), (kx, y)))
+    return n, next(sums) - sx * sx / n, next(sums) - sy * sy / n, next(sums) - sx * sy / n
+
+
+def _correlation(n: np.ndarray, xx: np.ndarray, yy: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """The correlation of two signals from their :func:`_moments` (0 when either is flat, as
+    :func:`_centred_unit` has it)."""
+    flat = 1e-6 * n  # the squared norm below which _centred_unit calls a signal flat
+    return np.where((xx > flat) & (yy > flat), xy / np.sqrt(np.maximum(xx, flat) * np.maximum(yy, flat)), 0.0)
 
 
 def _crop_grid(step: float) -> np.ndarray:
@@ -172,14 +218,17 @@ class _Checker:
     def __init__(self, rows: Rows):
         self.rows = rows
         self.length = length = rows.arrays[0].shape[1]
+        self.coarse = _crop_grid(0.025)
+        samples = min(PROFILE_SIZE, length)
         self.profiles = np.empty((len(rows), 2, length), np.float32)  # per image: row means, column means
+        # every coarse crop of every profile, resampled and normalised: (N, 2, crops, samples)
+        self.cropped = np.empty((len(rows), 2, len(self.coarse), samples))
         for start, block in rows.blocks():
             gray = block.astype(np.float32) @ _GRAY
-            self.profiles[start:start + len(block)] = np.stack([gray.mean(axis=2), gray.mean(axis=1)], axis=1)
-        self.coarse = _crop_grid(0.025)
-        # every coarse crop of every profile, resampled and normalised: (N, 2, crops, samples)
-        self.cropped = _centred_unit(_bin_means(self.profiles, self.coarse[:, 0], self.coarse[:, 1],
-                                                min(PROFILE_SIZE, length)))
+            profiles = np.stack([gray.mean(axis=2), gray.mean(axis=1)], axis=1)
+            self.profiles[start:start + len(block)] = profiles
+            self.cropped[start:start + len(block)] = _centred_unit(
+                _bin_means(profiles[:, :, None], self.coarse[:, 0], self.coarse[:, 1], samples))
         self.whole = self.cropped[:, :, 0]  # the first crop is the whole image
         self.size = min(DETAIL_SIZE, length)
         self.band = _gaussian(self.size, 1.0) - _gaussian(self.size, 3.0)
@@ -191,59 +240,70 @@ class _Checker:
         scores = np.einsum("pagk,pak->pag", self.cropped[a], self.whole[b])
         return scores.max(axis=2).min(axis=1), scores.argmax(axis=2)
 
-    def _refine(self, profile: np.ndarray, target: np.ndarray, start) -> tuple[float, float]:
-        """The crop ``(offset, width)`` of ``profile`` that best matches ``target`` near ``start``, to 0.5 %."""
-        steps = np.arange(-3, 4) * 0.005  # the coarse grid is off by 1.25 % at most
-        offsets, widths = np.meshgrid(start[0] + steps, start[1] + steps, indexing="ij")
-        offsets, widths = offsets.ravel(), np.minimum(widths.ravel(), 1.0)
-        offsets = np.clip(offsets, 0.0, 1.0 - widths)
-        scores = _centred_unit(_bin_means(profile, offsets, widths, self.size)) @ \
-            _centred_unit(_bin_means(target, 0.0, 1.0, self.size)[0])
-        best = int(np.argmax(scores))
-        return float(offsets[best]), float(widths[best])
+    def details(self, a: np.ndarray, b: np.ndarray, crop_index: np.ndarray) -> np.ndarray:
+        """For pairs ``p``: how well the aligned crop of image ``a[p]`` (starting from the coarse crops
+        ``crop_index[p]``, rows then columns) reproduces the fine detail of image ``b[p]``: the correlation of
+        their band-passed brightness thumbnails (JPEG keeps brightness detail and halves colour detail),
+        clipped highlights left out; 0 when their colours differ. Pairs go by ``b`` (its whole-image planes are
+        made once), PIXELS_AT_ONCE image pixels at a time."""
+        order, step = np.argsort(b, kind="stable"), max(1, PIXELS_AT_ONCE // self.length ** 2)
+        scores = np.empty(len(a))
+        for s in range(0, len(a), step):
+            chunk = order[s:s + step]
+            scores[chunk] = self._details(a[chunk], b[chunk], crop_index[chunk])
+        return scores
 
-    def detail(self, a: int, b: int, crop_index: np.ndarray) -> float:
-        """How well the aligned crop of image ``a`` reproduces the fine detail of image ``b``: the correlation
-        of their band-passed brightness thumbnails (JPEG keeps brightness detail and halves colour detail),
-        clipped highlights left out."""
-        planes, target = self._planes(a), self.profiles[b]
-        y, x = self.coarse[crop_index[0]], self.coarse[crop_index[1]]
-        columns = slice(int(x[0] * self.length), int(round((x[0] + x[1]) * self.length)))
-        y = self._refine(planes[0][:, columns].mean(axis=1), target[0], y)  # rows, over the columns kept
-        lines = slice(int(y[0] * self.length), int(round((y[0] + y[1]) * self.length)))
-        x = self._refine(planes[0][lines].mean(axis=0), target[1], x)
-        pa, pb = self._thumbnail(planes, y, x), self._thumbnail(self._planes(b), (0.0, 1.0), (0.0, 1.0))
-        clipped = ((pa[1] >= CLIPPED) | (pb[1] >= CLIPPED)).astype(np.float32)
+    def _details(self, a: np.ndarray, b: np.ndarray, crop_index: np.ndarray) -> np.ndarray:
+        images, b = np.unique(b, return_inverse=True)  # b: positions in images
+        whole = self._thumbnails(self._planes(images), np.array([[0.0, 1.0]]), np.array([[0.0, 1.0]]))[b]
+        target = _centred_unit(_bin_means(self.profiles[images], 0.0, 1.0, self.size))[b]  # rows, columns
+        planes = self._planes(a)
+        y, x = self.coarse[crop_index[:, 0]], self.coarse[crop_index[:, 1]]
+        y = self._refine(_range_means(np.swapaxes(planes[:, 0], 1, 2), x), target[:, 0], y)  # over the columns kept
+        x = self._refine(_range_means(planes[:, 0], y), target[:, 1], x)
+        cropped = self._thumbnails(planes, y, x)
+        clipped = ((cropped[:, 1] >= CLIPPED) | (whole[:, 1] >= CLIPPED)).astype(np.float32)
         keep = (self.spread @ clipped @ self.spread.T) < 0.05
-        if keep.mean() < 0.25:  # mostly clipped: compare everything rather than almost nothing
-            keep[:] = True
-        if not self._same_colours(a, b, y, x, keep):
-            return 0.0
-        da, db = (self.band @ pa[0] @ self.band.T)[keep], (self.band @ pb[0] @ self.band.T)[keep]
-        return float(_centred_unit(da) @ _centred_unit(db))
+        keep[keep.mean(axis=(1, 2)) < 0.25] = True  # mostly clipped: compare everything rather than almost nothing
+        colours = _moments(cropped[:, 2:], whole[:, 2:], keep[:, None])
+        return np.where(self._same_colours(*colours), _correlation(*_moments(cropped[:, 0], whole[:, 0], keep)), 0.0)
 
-    def _same_colours(self, a: int, b: int, y, x, keep: np.ndarray) -> bool:
-        """Whether the aligned images share their colours: the correlation of their smoothed chroma (each pixel
-        minus its grey level, which brightness changes leave as they are) reaches COLOUR_THRESHOLD, or both are
-        grey. Drawn or rendered images of one subject share their edges, not their colours."""
-        chroma = []
-        for i, (rows, columns) in ((a, (y, x)), (b, ((0.0, 1.0), (0.0, 1.0)))):
-            rgb = np.moveaxis(self.rows[i].astype(np.float32), -1, 0)
-            small = self._thumbnail(rgb - rgb.mean(axis=0), rows, columns)
-            chroma.append(np.stack([self.spread @ c @ self.spread.T for c in small])[:, keep].ravel())
-        if max(c.std() for c in chroma) < GREY:
-            return True
-        return float(_centred_unit(chroma[0]) @ _centred_unit(chroma[1])) >= COLOUR_THRESHOLD
+    def _refine(self, profiles: np.ndarray, targets: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """Per pair, the crop ``(offset, width)`` of ``profiles[p]`` that best matches ``targets[p]`` (resampled to
+        ``size``, centred, unit) near ``starts[p]``, to 0.5 %: ``(pairs, 2)``."""
+        steps = np.arange(-3, 4) * 0.005  # the coarse grid is off by 1.25 % at most
+        widths = np.minimum(np.tile(starts[:, 1:] + steps, len(steps)), 1.0)
+        offsets = np.clip(np.repeat(starts[:, :1] + steps, len(steps), axis=1), 0.0, 1.0 - widths)
+        resampled = _centred_unit(_bin_means(profiles[:, None], offsets, widths, self.size))
+        best = np.argmax(np.einsum("pcs,ps->pc", resampled, targets), axis=1)[:, None]
+        return np.concatenate([np.take_along_axis(offsets, best, 1), np.take_along_axis(widths, best, 1)], axis=1)
 
-    def _planes(self, i: int) -> np.ndarray:
-        """Image ``i`` as brightness and its brightest channel (where clipping shows): ``(2, height, width)``."""
-        pixels = self.rows[i].astype(np.float32)
-        return np.stack([pixels @ _GRAY, pixels.max(axis=-1)])
+    @staticmethod
+    def _same_colours(n: np.ndarray, aa: np.ndarray, bb: np.ndarray, ab: np.ndarray) -> np.ndarray:
+        """Per pair, whether aligned images share their colours, from the :func:`_moments` of their smoothed
+        chroma: its correlation reaches COLOUR_THRESHOLD, or both are grey. Drawn or rendered images of one
+        subject share their edges, not their colours."""
+        return (np.sqrt(np.maximum(aa, bb) / n) < GREY) | (_correlation(n, aa, bb, ab) >= COLOUR_THRESHOLD)
 
-    def _thumbnail(self, planes: np.ndarray, y, x) -> np.ndarray:
-        """``planes`` cropped to rows ``y`` and columns ``x`` (``(offset, width)`` each), ``size`` x ``size``."""
-        columns = _bin_means(planes, x[0], x[1], self.size)[:, :, 0]  # planes, height, size
-        return np.swapaxes(_bin_means(np.swapaxes(columns, 1, 2), y[0], y[1], self.size)[:, :, 0], 1, 2)
+    def _planes(self, images: np.ndarray) -> np.ndarray:
+        """Images as brightness, brightest channel (where clipping shows) and chroma (each channel minus the
+        pixel's mean, which brightness changes leave as it is): ``(images, 5, height, width)``."""
+        pixels = np.stack([self.rows[int(i)] for i in images]).astype(np.float32)
+        r, g, b = np.moveaxis(pixels, -1, 0)
+        mean = (r + g + b) / 3
+        return np.stack([pixels @ _GRAY, np.maximum(np.maximum(r, g), b), r - mean, g - mean, b - mean], axis=1)
+
+    def _thumbnails(self, planes: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """:meth:`_planes` cropped to rows ``y`` and columns ``x`` (``(offset, width)`` per image, or one for all),
+        ``size`` x ``size``: band-passed brightness, brightest channel and smoothed chroma ``(images, 5, size,
+        size)``. The brightest channel is resampled by :func:`_bin_means`, whose rounding has always decided
+        whether flat regions at exactly CLIPPED count as clipped; the others by matrix products."""
+        brightest = _bin_means(planes[:, 1], x[:, None, 0], x[:, None, 1], self.size)  # images, height, size
+        brightest = np.swapaxes(_bin_means(np.swapaxes(brightest, 1, 2), y[:, None, 0], y[:, None, 1], self.size), 1, 2)
+        rows, columns = _bin_weights(y, self.size, self.length), _bin_weights(x, self.size, self.length)
+        band, spread = ((f @ rows)[:, None] @ planes[:, kept] @ np.swapaxes(f @ columns, 1, 2)[:, None]
+                        for kept, f in ((slice(0, 1), self.band), (slice(2, 5), self.spread)))
+        return np.concatenate([band, brightest[:, None], spread], axis=1)
 
 
 # === Finding them ===
@@ -252,8 +312,7 @@ def pixel_hashes(rows: Rows) -> list[bytes]:
     """A digest of each image's decoded pixels: equal digests, equal pixels."""
     digests = []
     for _, block in rows.blocks():
-        digests += [hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()
-                    for image in block]
+        digests += [hashlib.sha256(np.ascontiguousarray(image)).digest() for image in block]
     return digests
 
 
@@ -271,29 +330,33 @@ def find_duplicates(rows: Rows, near_threshold: float, features: np.ndarray | No
     if (features is not None or nearest is not None) and len(rows) > 1:
         if nearest is None:
             nearest = neighbours(embed(features), NEIGHBOURS)[0]
-        pairs += _near_pairs(rows, nearest, near_threshold, {(p.a, p.b) for p in pairs})
+        pairs += _near_pairs(rows, nearest, near_threshold, pairs)
     return Duplicates(pairs, _components(len(rows), pairs))
 
 
-def _near_pairs(rows: Rows, nearest: np.ndarray, threshold: float, exact: set) -> list[Pair]:
-    candidates = np.unique(np.sort(np.stack([np.repeat(np.arange(len(rows)), nearest.shape[1]),
-                                             nearest.ravel()], axis=1), axis=1), axis=0)
-    candidates = np.array([c for c in candidates if c[0] != c[1] and tuple(c) not in exact]).reshape(-1, 2)
-    checker = _Checker(rows)
-    unaligned = np.einsum("pak,pak->pa", checker.whole[candidates[:, 0]], checker.whole[candidates[:, 1]]).min(axis=1)
-    candidates = candidates[unaligned >= UNALIGNED_THRESHOLD]
-    found = []
+def _near_pairs(rows: Rows, nearest: np.ndarray, threshold: float, exact: list[Pair]) -> list[Pair]:
+    """Each image with its ``nearest`` images, but for itself and the ``exact`` pairs: the pairs whose detail
+    correlation (the better direction of those whose profiles match) reaches ``threshold``."""
+    n = len(rows)
+    i, j = np.repeat(np.arange(n), nearest.shape[1]), nearest.ravel()
+    keys = np.unique(np.minimum(i, j) * n + np.maximum(i, j))  # pair (a, b), a < b, as a * n + b
+    keys = keys[(keys // n != keys % n) & ~np.isin(keys, np.array([p.a * n + p.b for p in exact], np.int64))]
+    if not len(keys):
+        return []
+    checker, candidates = _Checker(rows), np.stack([keys // n, keys % n], axis=1)
+    checks = []  # (candidate, cropped image, whole image, coarse crops) for each direction whose profiles match
     for start in range(0, len(candidates), 4096):
-        chunk = candidates[start:start + 4096]
-        forward, crop_ab = checker.coarse_match(chunk[:, 0], chunk[:, 1])
-        backward, crop_ba = checker.coarse_match(chunk[:, 1], chunk[:, 0])
-        for k in np.flatnonzero(np.maximum(forward, backward) >= PROFILE_THRESHOLD):
-            a, b = (int(v) for v in chunk[k])
-            score = max(checker.detail(a, b, crop_ab[k]) if forward[k] >= PROFILE_THRESHOLD else -1.0,
-                        checker.detail(b, a, crop_ba[k]) if backward[k] >= PROFILE_THRESHOLD else -1.0)
-            if score >= threshold:
-                found.append(Pair(a, b, "near", round(score, 4)))
-    return found
+        chunk = np.arange(start, min(start + 4096, len(candidates)))
+        a, b = candidates[chunk].T
+        chunk = chunk[np.einsum("pak,pak->pa", checker.whole[a], checker.whole[b]).min(axis=1) >= UNALIGNED_THRESHOLD]
+        for image, other in ((0, 1), (1, 0)):
+            score, crops = checker.coarse_match(candidates[chunk, image], candidates[chunk, other])
+            k = chunk[score >= PROFILE_THRESHOLD]
+            checks.append((k, candidates[k, image], candidates[k, other], crops[score >= PROFILE_THRESHOLD]))
+    k, image, other, crops = (np.concatenate(parts) for parts in zip(*checks))
+    scores = np.full(len(candidates), -1.0)
+    np.maximum.at(scores, k, checker.details(image, other, crops))
+    return [Pair(int(a), int(b), "near", round(float(s), 4)) for (a, b), s in zip(candidates, scores) if s >= threshold]
 
 
 def _components(n: int, pairs: list[Pair]) -> list[list[int]]:
