@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+from scipy.linalg import eigh  # imported here, not in threadpool_limits blocks, which then limit it too
 
 PROFILE_THRESHOLD = 0.95  # aligned row and column profiles must correlate this well before the pixel check
 UNALIGNED_THRESHOLD = 0.3  # the same, before alignment: a cheap first cut (copies cropped by 12 % keep 0.6)
@@ -107,8 +108,6 @@ def embed(features: np.ndarray, dims: int = EMBED_DIMS) -> np.ndarray:
             vectors = sample.T @ vectors[:, ::-1][:, :dims]
             vectors /= np.linalg.norm(vectors, axis=0)
         else:
-            from scipy.linalg import eigh
-
             _, vectors = eigh(sample.T @ sample, subset_by_index=[x.shape[1] - dims, x.shape[1] - 1])  # the top only
             vectors = vectors[:, ::-1]
         x = x @ vectors
