@@ -138,3 +138,36 @@ def test_inference_takes_models_of_several_inputs():
     model = keras.Model([a, b], keras.layers.Concatenate()([a, b * 2.0]))
     x = [np.random.default_rng(0).random((n, 4, 4, c), np.float32) for n, c in ((5, 3), (5, 2))]
     np.testing.assert_allclose(inference(model)(x).numpy(), np.asarray(model(x)), rtol=1e-6)
+
+
+def test_features_held_in_the_graph_give_the_batches_numpy_reads(tmp_path):
+    """Within the memory budget a split's features are gathered inside the graph, beyond it through NumPy: the
+    same batches either way (order, each image's replica, labels), several tensors per image included."""
+    from tlkit.data import Split
+    from tlkit.storage import ArrayStore
+    from tlkit.training.datasets import epoch_order, feature_dataset
+    from tlkit.training.features import CutFeatures
+
+    rng = np.random.default_rng(0)
+    shapes = [(2, 3), (5,)]  # two tensors cross the cut
+    shared = [rng.random((9, *s), np.float32) for s in shapes]  # every image of the dataset
+    extra = [rng.random((3, 7, *s), np.float32) for s in shapes]  # three augmented replicas of the split's 7
+    rows = np.array([8, 1, 4, 6, 2, 0, 7])
+    split = Split([f"{i}.png" for i in range(7)], np.arange(7) % 3)
+    recipe = override(load_recipe("quickstart"), ["batch_size=3"])
+    held, read = CutFeatures(shared, rows, extra), CutFeatures(shared, rows, extra)
+    assert held.hold(ArrayStore(tmp_path, budget_bytes=10**6))
+    assert not read.hold(ArrayStore(tmp_path, budget_bytes=100)) and not read.tables
+    order = epoch_order(len(split), recipe.seed, 3, passes=2)
+    for kwargs in ({"order": order, "epoch": 3}, {}):  # training (a replica drawn per image) and validation
+        got, want = (list(feature_dataset(f, split, recipe, **kwargs).as_numpy_iterator()) for f in (held, read))
+        assert len(got) == len(want) == -(-len(kwargs.get("order", rows)) // 3)
+        for (inputs, labels), (expected_inputs, expected_labels) in zip(got, want):
+            for a, b in zip(inputs, expected_inputs):
+                np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(labels, expected_labels)
+        vectors = np.concatenate([inputs[1] for inputs, _ in got])
+        if kwargs:
+            assert not np.array_equal(vectors, shared[1][rows[order]])  # augmented replicas are read too
+        else:
+            np.testing.assert_array_equal(vectors, shared[1][rows])  # each image once, unaugmented, in order

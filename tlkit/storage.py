@@ -130,6 +130,13 @@ class ArrayStore:
         self.budget = memory_budget() if budget_bytes is None else budget_bytes
         self.used = 0
 
+    def reserve(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` more fit the RAM budget; if they do, they count against it from now on."""
+        if self.used + nbytes > self.budget:
+            return False
+        self.used += nbytes
+        return True
+
     def load_or_compute(self, parts: dict, what: str, compute: Callable[[Path], dict], kind: str = "") -> Entry:
         """The entry for ``parts``; if absent, ``compute(folder)`` writes ``0.npy``, ``1.npy``, ... into a
         private folder and returns its metadata (JSON-ready), and the folder is published."""
@@ -151,9 +158,8 @@ class ArrayStore:
         arrays = [np.load(path, mmap_mode="r") for path in sorted(folder.glob("*.npy"), key=lambda p: int(p.stem))]
         size = sum(a.nbytes for a in arrays)
         where = "disk (memory-mapped)"
-        if self.used + size <= self.budget:
+        if self.reserve(size):
             arrays = [np.array(a) for a in arrays]
-            self.used += size
             where = "RAM"
         event.update(key=key, bytes=size, where=where, folder=str(folder))
         return Entry(arrays, meta, event)

@@ -20,12 +20,6 @@ def labels_for(labels: np.ndarray, recipe: Recipe) -> np.ndarray:
     return labels.astype(np.int32)
 
 
-def _label_spec(recipe):
-    if recipe.head.activation == "sigmoid":
-        return tf.TensorSpec((None, 1), tf.float32)
-    return tf.TensorSpec((None,), tf.int32)
-
-
 def epoch_order(n: int, seed: int, epoch: int, passes: int = 1) -> np.ndarray:
     """The training order of an epoch, ``passes`` shuffled passes over ``n`` examples: a function of seed, epoch
     and passes only, so a resumed run repeats it."""
@@ -33,44 +27,52 @@ def epoch_order(n: int, seed: int, epoch: int, passes: int = 1) -> np.ndarray:
                            for k in range(passes)])
 
 
-def indexed_dataset(order: np.ndarray, gather, specs, batch_size: int, drop_remainder: bool = False):
-    """Batches ``gather(indices)`` over ``order``, inputs as float32; cached features and full images share
-    this order."""
-    dtypes = [s.dtype for s in specs]
-
-    def load(indices):
-        values = tf.numpy_function(gather, [indices], dtypes, stateful=True)
-        values = [tf.ensure_shape(v, s.shape) for v, s in zip(values, specs)]
-        *inputs, labels = values
-        inputs = [tf.cast(x, tf.float32) for x in inputs]  # uint8 pixels cross into the graph 4x smaller
+def indexed_dataset(keys: tuple, labels: np.ndarray, take, batch_size: int, drop_remainder: bool = False):
+    """Batches of ``(take(*batch keys), batch labels)``, inputs as float32. ``keys`` (a tuple of arrays) and
+    ``labels`` hold one row per example in reading order; ``take`` maps a batch's keys to its inputs (a list of
+    tensors) inside the graph. Cached features and full images share this order."""
+    def load(keys, labels):
+        inputs = [tf.cast(x, tf.float32) for x in take(*keys)]  # uint8 pixels cross into the graph 4x smaller
         return (tuple(inputs) if len(inputs) > 1 else inputs[0]), labels
 
-    ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=drop_remainder).map(load)
+    ds = tf.data.Dataset.from_tensor_slices((keys, labels)).batch(batch_size, drop_remainder=drop_remainder)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+    return ds.map(load).with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def numpy_take(gather, specs: list[tf.TensorSpec]):
+    """A ``take`` that calls ``gather`` (NumPy keys in, a list of arrays out) through ``tf.numpy_function``, once
+    per batch: for arrays the graph does not hold (memory-mapped from disk)."""
+    def take(*keys):
+        values = tf.numpy_function(gather, list(keys), [s.dtype for s in specs], stateful=True)
+        return [tf.ensure_shape(v, s.shape) for v, s in zip(values, specs)]
+    return take
 
 
 def image_dataset(split, recipe: Recipe, order: np.ndarray | None = None, drop_remainder: bool = False):
-    """Batches of a split's full images (float 0-255) and labels, in ``order`` (default: as stored)."""
-    labels = labels_for(split.labels, recipe)
-    spec = tf.TensorSpec((None, recipe.size, recipe.size, 3), tf.uint8)
+    """Batches of a split's full images (float 0-255) and labels, in ``order`` (default: as stored). The images
+    are read through NumPy: next to a step of the whole base, that costs nothing worth a second copy."""
     order = np.arange(len(split)) if order is None else order
-    return indexed_dataset(order, lambda i: (split.images[i], labels[i]),
-                           [spec, _label_spec(recipe)], recipe.batch_size, drop_remainder)
+    spec = tf.TensorSpec((None, recipe.size, recipe.size, 3), tf.uint8)
+    return indexed_dataset((order,), labels_for(split.labels, recipe)[order],
+                           numpy_take(lambda i: [split.images[i]], [spec]), recipe.batch_size, drop_remainder)
 
 
 def feature_dataset(features, split, recipe: Recipe, order: np.ndarray | None = None, epoch: int = 0,
                     drop_remainder: bool = False):
-    """Batches of a split's cached features (:class:`~tlkit.training.features.CutFeatures`); with ``order``
-    (training) each image's replica is drawn per epoch."""
-    labels = labels_for(split.labels, recipe)
-    specs = [tf.TensorSpec((None, *a.shape[1:]), tf.float32) for a in features.shared] + [_label_spec(recipe)]
-    rng = np.random.default_rng([recipe.seed, epoch, 1])
+    """Batches of a split's cached features (:class:`~tlkit.training.features.CutFeatures`), gathered in the
+    graph from its tables when it has them, else through NumPy; with ``order`` (training) each image's replica
+    is drawn per epoch, up front, from seed and epoch."""
     training = order is not None
-
-    def gather(indices):
-        replica = rng.integers(features.replicas, size=len(indices)) if training else 0
-        return (*features.take(replica, indices), labels[indices])
     order = np.arange(len(split)) if order is None else order
-    return indexed_dataset(order, gather, specs, recipe.batch_size, drop_remainder)
+    replica = (np.random.default_rng([recipe.seed, epoch, 1]).integers(features.replicas, size=len(order))
+               if training else np.zeros(len(order), np.int64))
+    if features.tables:
+        def take(index, replica):
+            return [tf.gather_nd(table, tf.stack([replica, index], axis=1)) for table in features.tables]
+    else:
+        specs = [tf.TensorSpec((None, *a.shape[1:]), tf.float32) for a in features.shared]
+        take = numpy_take(lambda index, replica: features.take(replica, index), specs)
+    return indexed_dataset((order, replica), labels_for(split.labels, recipe)[order], take, recipe.batch_size,
+                           drop_remainder)

@@ -193,15 +193,30 @@ def choose_replicas(recipe: Recipe, augment_layer) -> Optional[Replicas]:
 class CutFeatures:
     """A split's cached tensors at one cut: its rows of the unaugmented tensors that every image of the
     dataset shares (one entry for all splits, so any split of the same images reuses it), and its other
-    replicas (augmented copies, training images only), computed for the split alone."""
+    replicas (augmented copies, training images only), computed for the split alone; once held, also a copy
+    of all of them that the training graph reads."""
 
     shared: list[np.ndarray]  # per tensor (images, *shape), in the data's catalogue order
     rows: np.ndarray  # this split's rows in ``shared``
     extra: list[np.ndarray] = field(default_factory=list)  # per tensor (replicas - 1, len(rows), *shape)
+    tables: list[tf.Variable] = field(default_factory=list)  # per tensor (replicas, len(rows), *shape); see hold
 
     @property
     def replicas(self) -> int:
         return 1 + (len(self.extra[0]) if self.extra else 0)
+
+    def hold(self, store: ArrayStore) -> bool:
+        """Copy the split's features, every replica, into ``tables`` (TensorFlow variables on the CPU), so that
+        batches are gathered inside the graph, if the copy fits what is left of the store's RAM budget; else
+        batches are read through NumPy (from disk when memory-mapped). Returns whether it did."""
+        nbytes = self.replicas * len(self.rows) * sum(a[0].nbytes for a in self.shared)
+        if not store.reserve(nbytes):
+            return False
+        with tf.device("/cpu:0"):
+            for k, shared in enumerate(self.shared):
+                copies = [self.extra[k]] if self.extra else []
+                self.tables.append(tf.Variable(np.concatenate([shared[self.rows][None], *copies]), trainable=False))
+        return True
 
     def take(self, replica, indices: np.ndarray) -> list[np.ndarray]:
         """Per tensor, the split's images ``indices``, each as replica ``replica`` (one, or one per index)."""

@@ -19,6 +19,17 @@ def loss_for(recipe: Recipe, label_smoothing: float = 0.0, reduction="sum_over_b
     return keras.losses.SparseCategoricalCrossentropy(reduction=reduction)
 
 
+def _one_cpu_replica(strategy: tf.distribute.Strategy) -> bool:
+    """Whether the strategy trains one replica, on the CPU."""
+    if strategy.num_replicas_in_sync > 1:
+        return False
+    try:
+        device = strategy.extended.worker_devices[0]
+    except RuntimeError:  # the default strategy, which passes datasets through as they are anyway
+        return True
+    return tf.DeviceSpec.from_string(device).device_type == "CPU"
+
+
 class Loop:
     """Train and evaluate one model: the step runs under ``strategy.run``, its sums are reduced across
     replicas and workers (Keras 3 ``fit`` does not run under MultiWorkerMirroredStrategy, keras#20585)."""
@@ -32,6 +43,7 @@ class Loop:
         self.class_weight = None if class_weight is None else tf.constant(
             [class_weight[i] for i in range(len(class_weight))], tf.float32)  # training loss weight per class
         self.sigmoid = recipe.head.activation == "sigmoid"
+        self.distributes = not _one_cpu_replica(strategy)
         self._train_epoch = tf.function(self._epoch)
         self._train_step = tf.function(self._step)
         self._evaluate_epoch = tf.function(self._evaluate)
@@ -75,7 +87,10 @@ class Loop:
         return float(loss / count)
 
     def train_epoch(self, dataset) -> dict:
-        totals = self._train_epoch(self.strategy.experimental_distribute_dataset(dataset)).numpy()
+        """One epoch over ``dataset``, distributed by the strategy; one replica on the CPU that makes the batches
+        reads it as it is (distributing would only add a copy of every batch)."""
+        batches = self.strategy.experimental_distribute_dataset(dataset) if self.distributes else dataset
+        totals = self._train_epoch(batches).numpy()
         return {"loss": float(totals[0] / totals[2]), "accuracy": float(totals[1] / totals[2])}
 
     def _evaluate(self, batches):

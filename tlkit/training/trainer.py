@@ -89,6 +89,9 @@ class Trainer:
             self.shared[cut] = shared = self._shared(model, cut_label(self.classifier, self.recipe, cut), lower)
             self.features[cut] = (CutFeatures(shared, self.rows["train"], self._augmented(model, cut, lower)),
                                   CutFeatures(shared, self.rows["val"]))
+            if not all([split.hold(self.store.arrays) for split in self.features[cut]]):
+                log.info("features @ %s: a copy for the graph would exceed the memory budget; batches are read "
+                         "through NumPy", cut_label(self.classifier, self.recipe, cut))
             lower = cut
         self.feature_seconds = time.perf_counter() - started
         log.info("features for %d cut(s) ready in %.1fs", len(self.features), self.feature_seconds)
