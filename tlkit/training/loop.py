@@ -88,7 +88,7 @@ class Loop:
 
     def train_epoch(self, dataset) -> dict:
         """One epoch over ``dataset``, distributed by the strategy; one replica on the CPU that makes the batches
-        reads it as it is (distributing would only add a copy of every batch)."""
+        reads it as it is (distributing would only add a prefetch to the device it is already on)."""
         batches = self.strategy.experimental_distribute_dataset(dataset) if self.distributes else dataset
         totals = self._train_epoch(batches).numpy()
         return {"loss": float(totals[0] / totals[2]), "accuracy": float(totals[1] / totals[2])}
