@@ -35,12 +35,16 @@ def pytest_collection_modifyitems(config, items):
 if importlib.util.find_spec("xdist"):  # the test extra installs it; setup.cfg runs two workers
     from xdist.scheduler import LoadScopeScheduling
 
+    ONE_BY_ONE = {"tests/test_distribute.py"}  # long tests that share no module fixture: spread test by test
+
     class ModuleScheduling(LoadScopeScheduling):
         """Whole modules go to one worker, so a module's fixtures are built once; the serving package counts as
         one module, its tests sharing one trained and exported run."""
 
         def _split_scope(self, nodeid):
             module = nodeid.split("::", 1)[0]
+            if module in ONE_BY_ONE:
+                return nodeid
             return "tests/serving" if module.startswith("tests/serving/") else module
 
     def pytest_xdist_make_scheduler(config, log):
