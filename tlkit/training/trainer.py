@@ -52,6 +52,7 @@ class Trainer:
         self.features: dict[int, tuple[CutFeatures, CutFeatures]] = {}  # cut index -> (train, val)
         self.catalogue, self.rows = data.catalogue()  # every image in one order, and each split's rows in it
         self.shared: dict[int, list] = {}  # cut index -> unaugmented tensors of every image (catalogue order)
+        self._feature_models: dict[tuple, keras.Model] = {}  # (cut, lower) -> the model computing it
         self.feature_seconds = 0.0
         self.best_weights: list | None = None
 
@@ -85,7 +86,7 @@ class Trainer:
         started = time.perf_counter()
         lower = None
         for cut in self.cached_cuts():
-            model = feature_model(self.classifier, cut, lower)
+            model = self.feature_model(cut, lower)
             self.shared[cut] = shared = self._shared(model, cut_label(self.classifier, self.recipe, cut), lower)
             self.features[cut] = (CutFeatures(shared, self.rows["train"], self._augmented(model, cut, lower)),
                                   CutFeatures(shared, self.rows["val"]))
@@ -108,11 +109,18 @@ class Trainer:
         for cut in self.cached_cuts():
             label = cut_label(self.classifier, self.recipe, cut)
             if label == POOLED_LABEL:
-                return self._shared(feature_model(self.classifier, cut, lower), label, lower)[0]
+                return self._shared(self.feature_model(cut, lower), label, lower)[0]
             if cut < len(self.classifier.base.layers):  # a lower cut: computed now, reused by training
-                self.shared[cut] = self._shared(feature_model(self.classifier, cut, lower), label, lower)
+                self.shared[cut] = self._shared(self.feature_model(cut, lower), label, lower)
                 lower = cut
         return self._shared(pooled_model(self.classifier, lower), POOLED_LABEL, lower)[0]
+
+    def feature_model(self, cut: int, lower: int | None) -> keras.Model:
+        """What computes a cut's cached tensors (from images, or from the ``lower`` cut's), built once, so its
+        traced forward pass serves every split and replica."""
+        if (cut, lower) not in self._feature_models:
+            self._feature_models[cut, lower] = feature_model(self.classifier, cut, lower)
+        return self._feature_models[cut, lower]
 
     def _shared(self, model, label: str, lower: int | None) -> list[np.ndarray]:
         """A cut's unaugmented tensors for every image, in catalogue order: from the images, or from the
