@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tlkit import load_recipe, override, run
-from tlkit.model import cut_index
+from tlkit.model import cut_index, feature_map, head_logits, pooled
 from tlkit.session import prepare
 from tlkit.training.distribute import place
 
@@ -36,7 +36,8 @@ def test_stages_move_only_what_they_unfreeze(base, alpha, unfreeze, flowers_smal
     after_one = _weights(base_model)
     assert all(np.array_equal(start[k], after_one[k]) for k in start), "stage 1 changed the frozen base"
 
-    session.trainer(override(recipe, ["stage1.epochs=0"])).run()
+    trainer = session.trainer(override(recipe, ["stage1.epochs=0"]))
+    trainer.run()
     after_two = _weights(base_model)
     cut = cut_index(recipe, base_model, recipe.stages[1])
     frozen = {w.path for layer in base_model.layers[:cut] for w in layer.weights}
@@ -48,6 +49,13 @@ def test_stages_move_only_what_they_unfreeze(base, alpha, unfreeze, flowers_smal
     assert bn_stats and not changed & bn_stats, "BatchNorm moving statistics moved"
     assert changed and changed <= unfrozen_kernels
     assert len(changed) >= len(unfrozen_kernels) // 2
+
+    # the evaluation's logits and pooled features, read from the cache through the trained top, are the model's own
+    model, val = session.classifier.model, session.data.splits["val"]
+    maps = feature_map(model, val.images[:8].astype(np.float32))
+    logits, features = (a[:8] for a in trainer.outputs()["val"])
+    np.testing.assert_allclose(logits, head_logits(model, maps), atol=1e-4)
+    np.testing.assert_allclose(features, pooled(maps), atol=1e-4)
 
 
 @pytest.fixture(scope="module")

@@ -214,9 +214,13 @@ def feature_map(model: keras.Model, pixels):
 def head_logits(model: keras.Model, features):
     """The head's output before its activation, float32 ``(N, classes)``: the softmax of it is the model's output.
     A single sigmoid unit z becomes ``[-z/2, z/2]``, whose softmax is ``[1 - sigmoid(z), sigmoid(z)]``."""
-    head = model.layers[-1]
-    x = features
-    for layer in head.layers[:-1]:
+    return logits_of(model.layers[-1], features)
+
+
+def logits_of(head: keras.Sequential, x, pooled_input: bool = False):
+    """:func:`head_logits` of a head on the base's output, or with ``pooled_input`` on the output of its pooling
+    layer (its first)."""
+    for layer in head.layers[1 if pooled_input else 0:-1]:
         x = layer(x, training=False)
     last = head.layers[-1]
     z = ops.matmul(ops.cast(x, "float32"), last.kernel) + last.bias

@@ -17,10 +17,9 @@ import numpy as np
 
 from tlkit.data import ImageData
 from tlkit.errors import RunInterrupted, TlkitError
-from tlkit.evaluation.confidence import fit_confidence
+from tlkit.evaluation.confidence import fit_confidence, split_outputs
 from tlkit.evaluation.evaluate import default_split, evaluate_split
 from tlkit.evaluation.report import write_report
-from tlkit.model import logits_and_features
 from tlkit.overrides import differences
 from tlkit.recipe import Recipe, is_from_scratch
 from tlkit.runfolder import RunFolder
@@ -30,6 +29,7 @@ from tlkit.storage import write_json_atomic
 from tlkit.training.checkpoint import Checkpoints
 from tlkit.training.distribute import place
 from tlkit.training.state import Training
+from tlkit.training.trainer import Trainer
 from tlkit.ui import ensure_logging
 from tlkit.weights import resolve_weights
 
@@ -109,16 +109,18 @@ def _finish(session: Session, folder: RunFolder, checkpoints: Checkpoints, resum
     recipe, timings = session.recipe, dict(session.timings)
     _write_data_record(folder, session.data)
     check_disk_space(folder.path, session.classifier.model.count_params())
+    trainer = session.trainer(checkpoints=checkpoints, log_dir=folder.stages_dir)
     with _timed(timings, "train"):
-        training = _train(session, folder, checkpoints, resume)
+        training = _train(trainer, folder, checkpoints, resume)
     folder.write_csv(folder.history_file, training.history)
 
     model = session.classifier.model
-    forward = logits_and_features(model)  # traced once for the calibration and both evaluations
+    with _timed(timings, "predict"):  # every split once, from the cached features when the stages trained on them
+        outputs = trainer.outputs() or split_outputs(model, session.data, recipe.batch_size)
     with _timed(timings, "calibrate"):
-        fit_confidence(model, session.data, recipe.trust, folder, recipe.batch_size, forward)
+        fit_confidence(model, session.data, recipe.trust, folder, outputs, recipe.batch_size)
     with _timed(timings, "evaluate"):
-        evaluations = {name: evaluate_split(model, session.data, folder, recipe.batch_size, name, forward)
+        evaluations = {name: evaluate_split(model, session.data, folder, outputs, name)
                        for name in ("val", "test") if name in session.data.splits}
         metrics = _metrics(evaluations)
     folder.write_json(folder.metrics_file, metrics)
@@ -151,10 +153,10 @@ def _write_data_record(folder: RunFolder, images: ImageData) -> None:
                          ["group", "path", "label", "split", "moved_from"])
 
 
-def _train(session: Session, folder: RunFolder, checkpoints: Checkpoints, resume: dict | None) -> Training:
+def _train(trainer: Trainer, folder: RunFolder, checkpoints: Checkpoints, resume: dict | None) -> Training:
     """Every stage, checkpointed; Ctrl-C is recorded and turned into the resume command."""
     try:
-        return session.trainer(checkpoints=checkpoints, log_dir=folder.stages_dir).run(resume)
+        return trainer.run(resume)
     except KeyboardInterrupt:
         state = (checkpoints.load() or {"state": {"global_epoch": 0}})["state"]
         _append_json(folder.interruptions_file, {

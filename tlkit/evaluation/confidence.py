@@ -35,6 +35,12 @@ def model_outputs(model, pixels: np.ndarray, batch_size: int = 64, forward=None)
     return np.concatenate([p[0].numpy() for p in parts]), np.concatenate([p[1].numpy() for p in parts])
 
 
+def split_outputs(model, data: ImageData, batch_size: int = 64) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """:func:`model_outputs` of every split of ``data``, by one traced forward pass of the whole model."""
+    forward = logits_and_features(model)
+    return {name: model_outputs(model, split.images, batch_size, forward) for name, split in data.splits.items()}
+
+
 def all_scores(probabilities: np.ndarray, features: np.ndarray, confidence: Confidence) -> dict[str, np.ndarray]:
     """Every confidence score of each image (the ones this record can compute)."""
     names = [n for n in SCORES if n != "class_mean_similarity" or confidence.class_means is not None]
@@ -112,20 +118,20 @@ def selective(score: np.ndarray, correct: np.ndarray, threshold: float | None) -
 
 # === The fit ===
 
-def fit_confidence(model, data: ImageData, spec: Trust, folder: RunFolder, batch_size: int = 64,
-                   forward=None) -> Confidence:
+def fit_confidence(model, data: ImageData, spec: Trust, folder: RunFolder, outputs: dict, batch_size: int = 64
+                   ) -> Confidence:
     """Fit the record on ``data``'s val split (class means on its train split, AUROC against ``spec.ood`` images
     when given, else correct against misclassified validation images), write it to the run folder, return it.
-    ``forward`` as for :func:`model_outputs`."""
-    forward = forward or logits_and_features(model)
+    ``outputs``: the model's logits and pooled features of the train and val splits (as :func:`split_outputs`
+    gives them); ``model`` answers the ood images."""
     val = data.splits["val"]
-    _, train_features = model_outputs(model, data.splits["train"].images, batch_size, forward)
+    _, train_features = outputs["train"]
     unit = train_features / np.maximum(np.linalg.norm(train_features, axis=1, keepdims=True), 1e-12)
     labels = data.splits["train"].labels
     means = np.stack([unit[labels == c].mean(axis=0) if np.any(labels == c) else np.zeros(unit.shape[1])
                       for c in range(len(data.class_names))])
     means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
-    logits, features = model_outputs(model, val.images, batch_size, forward)
+    logits, features = outputs["val"]
     temperature = fit_temperature(logits, val.labels)
     confidence = Confidence(temperature=temperature, unknown_label=spec.unknown_label, class_means=means.tolist())
     probs = calibrated(logits, temperature).numpy()
@@ -138,7 +144,7 @@ def fit_confidence(model, data: ImageData, spec: Trust, folder: RunFolder, batch
         pixels, unreadable, _ = decode_all(files, model.inputs[0].shape[1], "ood images")
         for path, reason in failures + unreadable:
             log.warning("trust.ood: skipped %s: %s", path, reason)
-        ood_logits, ood_features = model_outputs(model, pixels, batch_size, forward)
+        ood_logits, ood_features = model_outputs(model, pixels, batch_size)
         ood_scores = all_scores(calibrated(ood_logits, temperature).numpy(), ood_features, confidence)
         ood_note = f"validation images vs {len(pixels)} out-of-distribution images of {spec.ood}"
     aurocs = {name: auroc(s, ood_scores[name]) if ood_scores else auroc(s[correct], s[~correct])

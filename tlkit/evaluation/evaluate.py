@@ -114,24 +114,27 @@ def default_split(split_names) -> str:
     return "test" if "test" in split_names else "val"
 
 
-def keras_answers(model, pixels: np.ndarray, confidence: Confidence, batch_size: int = 32, forward=None) -> dict:
+def keras_answers(model, pixels: np.ndarray, confidence: Confidence, batch_size: int = 32) -> dict:
     """A Keras classifier on uint8 pixels ``(N, size, size, 3)``, answered as its exports answer: raw and calibrated
-    probabilities ``(N, classes)`` and every confidence score. ``forward``: ``logits_and_features(model)`` traced
-    before, to share it between calls."""
-    logits, features = model_outputs(model, pixels, batch_size, forward)
+    probabilities ``(N, classes)`` and every confidence score."""
+    return answers_of(*model_outputs(model, pixels, batch_size), confidence)
+
+
+def answers_of(logits: np.ndarray, features: np.ndarray, confidence: Confidence) -> dict:
+    """:func:`keras_answers` from the head logits and pooled base features of the images."""
     probs = calibrated(logits, confidence.temperature).numpy()
     return {"raw_probabilities": calibrated(logits, 1.0).numpy(), "probabilities": probs,
             "scores": all_scores(probs, features, confidence)}
 
 
-def evaluate_split(model, data: ImageData, run: RunFolder, batch_size: int = 32, name: str | None = None,
-                   forward=None) -> Evaluation:
+def evaluate_split(model, data: ImageData, run: RunFolder, outputs: dict, name: str | None = None) -> Evaluation:
     """A split of the run (default: the one it is judged on), already decoded in memory, as ``tlkit run`` does,
-    with the run's confidence record; ``forward`` as for :func:`keras_answers`."""
+    with the run's confidence record; ``outputs``: the model's logits and pooled features of the split (as
+    :func:`~tlkit.evaluation.confidence.split_outputs` gives them)."""
     name = name or default_split(data.splits)
     split = data.splits[name]
     confidence = Confidence.read(run.path)
-    answers = keras_answers(model, split.images, confidence, batch_size, forward)
+    answers = answers_of(*outputs[name], confidence)
     return Evaluation(str(run.path), f"{name} split", data.class_names, split.paths, split.labels,
                       answers.pop("probabilities"), list(data.skipped), run=run, report_dir=run.path,
                       images=split.images, random_init=random_init(run), confidence=confidence, keras=model,

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tlkit.model import Classifier, inference
+from tlkit.model import Classifier, inference, logits_of, pooled
 from tlkit.recipe import Augment, Recipe
 from tlkit.storage import ArrayStore, cache_key
 from tlkit.ui import progress
@@ -133,6 +133,27 @@ def above_cut_model(classifier: Classifier, cut: int) -> keras.Model:
         top = keras.Model(_one_or_list(tensors), base.output)
         x = top(_one_or_list(inputs), training=False)
     return keras.Model(_one_or_list(inputs), head(x))
+
+
+def outputs_from_cut(classifier: Classifier, cut: int) -> Callable | None:
+    """``cached tensors of a cut -> (head logits, average-pooled base output)`` in inference mode, traced once:
+    what :func:`tlkit.model.logits_and_features` computes from pixels, through only the layers above the cut.
+    None when the cache holds a pooling the features cannot be taken from (a max-pooling head's)."""
+    base, head, tensors = classifier.base, classifier.head, cached_tensors(classifier, cut)
+    specs = [tf.TensorSpec((None, *t.shape[1:]), tf.float32) for t in tensors]
+    if pools_at_output(classifier, cut):
+        if not isinstance(head.layers[0], keras.layers.GlobalAveragePooling2D):
+            return None
+
+        def forward(x):
+            return logits_of(head, x, pooled_input=True), x
+    else:
+        top = keras.Model(_one_or_list(tensors), base.output) if cut < len(base.layers) else None
+
+        def forward(*x):
+            features = top(_one_or_list(list(x)), training=False) if top else x[0]
+            return logits_of(head, features), pooled(features)
+    return tf.function(forward, input_signature=specs)
 
 
 # === Replicas: how augmentation maps onto cached copies ===

@@ -18,7 +18,7 @@ from tlkit.training.checkpoint import Checkpoints
 from tlkit.training.datasets import epoch_order, feature_dataset, image_dataset
 from tlkit.training.distribute import Placement
 from tlkit.training.features import POOLED_LABEL, CutFeatures, FeatureStore, above_cut_model, choose_replicas, \
-    cut_label, feature_batch, feature_model, pooled_model
+    cut_label, feature_batch, feature_model, outputs_from_cut, pooled_model
 from tlkit.training.loop import Loop
 from tlkit.training.optim import current_learning_rate, make_optimizer, stage_callbacks
 from tlkit.training.stage import StagePlan, plan_stages
@@ -121,6 +121,24 @@ class Trainer:
         if (cut, lower) not in self._feature_models:
             self._feature_models[cut, lower] = feature_model(self.classifier, cut, lower)
         return self._feature_models[cut, lower]
+
+    def outputs(self) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+        """Each split's head logits ``(N, classes)`` and average-pooled base output ``(N, channels)``, in split order,
+        from the cached tensors of the lowest cut a stage trained above, through only the layers above it: since no
+        layer below that cut trained, these are the classifier's own outputs on the split's pixels. None when a
+        stage ran the whole base or :func:`outputs_from_cut` cannot serve the cut."""
+        trained = [plan for plan in self.plans if plan.spec.epochs]
+        if not all(plan.cached for plan in trained):
+            return None
+        cut = min(plan.cut for plan in trained)
+        forward = outputs_from_cut(self.classifier, cut)
+        if forward is None:
+            return None
+        shared, size = self.shared[cut], self.recipe.batch_size
+        parts = [forward(*[tf.convert_to_tensor(a[start:start + size]) for a in shared])
+                 for start in range(0, len(self.catalogue), size)]
+        logits, features = (np.concatenate([part[k].numpy() for part in parts]) for k in (0, 1))
+        return {name: (logits[rows], features[rows]) for name, rows in self.rows.items()}
 
     def _shared(self, model, label: str, lower: int | None) -> list[np.ndarray]:
         """A cut's unaugmented tensors for every image, in catalogue order: from the images, or from the
