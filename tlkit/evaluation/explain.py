@@ -10,6 +10,7 @@ import numpy as np
 
 from tlkit.errors import TlkitError
 from tlkit.evaluation.confidence import all_scores
+from tlkit.evaluation.pictures import contact_sheet, overlaid, save_png
 from tlkit.files import files_in
 from tlkit.images import decode_all
 from tlkit.model import feature_map, head_logits, pooled
@@ -22,25 +23,30 @@ log = logging.getLogger(__name__)
 BATCH = 16
 
 
-def grad_cam(model, pixels: np.ndarray, classes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Heatmaps ``(N, size, size)`` in [0, 1] of the evidence for ``classes`` (default: each image's top class) in
-    uint8 pixels ``(N, size, size, 3)``, and the logits ``(N, classes)``. The gradient of the class logit at the
-    base's output weights its channels (their spatial mean); the ReLU of the weighted sum is resized to the image."""
+def grad_cam(model, pixels: np.ndarray, classes: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Heatmaps in [0, 1] of the evidence for ``classes`` in uint8 pixels ``(N, size, size, 3)``: ``(N, size, size)``
+    for one class per image (default: each image's top class), ``(N, K, size, size)`` for ``classes`` of shape
+    ``(N, K)``; and the logits ``(N, classes)`` and pooled base features ``(N, channels)`` of the images. The
+    gradient of the class logit at the base's output weights its channels (their spatial mean); the ReLU of the
+    weighted sum is resized to the image."""
     import tensorflow as tf
 
-    x = tf.constant(np.asarray(pixels, np.float32))
+    features = tf.cast(feature_map(model, tf.constant(np.asarray(pixels, np.float32))), tf.float32)
+    logits = head_logits(model, features)
+    chosen = tf.argmax(logits, axis=-1) if classes is None else tf.constant(classes, tf.int64)
+    chosen = tf.reshape(chosen, (len(pixels), -1))  # (N, K)
+    repeated = tf.repeat(features, chosen.shape[1], axis=0)  # one copy of the features per class asked for
     with tf.GradientTape() as tape:
-        features = tf.cast(feature_map(model, x), tf.float32)
-        tape.watch(features)
-        logits = head_logits(model, features)
-        chosen = tf.argmax(logits, axis=-1) if classes is None else tf.constant(classes, tf.int64)
-        target = tf.gather(logits, chosen, batch_dims=1)
-    gradients = tape.gradient(target, features)
+        tape.watch(repeated)
+        target = tf.gather(head_logits(model, repeated), tf.reshape(chosen, [-1]), batch_dims=1)
+    gradients = tape.gradient(target, repeated)
     weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
-    cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[..., None]
+    cam = tf.nn.relu(tf.reduce_sum(weights * repeated, axis=-1))[..., None]
     cam = tf.image.resize(cam, pixels.shape[1:3], method="bilinear")[..., 0].numpy()
     peak = cam.max(axis=(1, 2), keepdims=True)
-    return np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0), logits.numpy()
+    cam = np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0).reshape((*chosen.shape, *pixels.shape[1:3]))
+    return (cam if np.ndim(classes) == 2 else cam[:, 0]), logits.numpy(), pooled(features).numpy()
 
 
 def keras_twin(path: str | Path) -> RunFolder:
@@ -59,12 +65,6 @@ def keras_twin(path: str | Path) -> RunFolder:
                      "pass the run folder (or its export/NAME/VERSION folder)")
 
 
-def overlay(ax, pixels: np.ndarray, heatmap: np.ndarray) -> None:
-    ax.imshow(pixels)
-    ax.imshow(heatmap, cmap="jet", alpha=0.45, vmin=0, vmax=1)
-    ax.set_axis_off()
-
-
 def explanation_png(pixels: np.ndarray, heatmap: np.ndarray, top: list[tuple[str, float]], title: str,
                     file: Path) -> None:
     """One image's PNG: the photo, the heatmap over it, and the top classes with their probabilities."""
@@ -72,10 +72,10 @@ def explanation_png(pixels: np.ndarray, heatmap: np.ndarray, top: list[tuple[str
 
     figure = Figure(figsize=(9.6, 3.4), layout="constrained")
     photo, heat, bars = figure.subplots(1, 3, width_ratios=(1, 1, 1.3))
-    photo.imshow(pixels)
-    photo.set_axis_off()
+    for ax, image in ((photo, pixels), (heat, overlaid(pixels, heatmap))):
+        ax.imshow(image)
+        ax.set_axis_off()
     photo.set_title("photo", fontsize=9)
-    overlay(heat, pixels, heatmap)
     heat.set_title(f"Grad-CAM: {top[0][0]}", fontsize=9)
     names, values = [n for n, _ in top][::-1], [v for _, v in top][::-1]
     bars.barh(range(len(top)), values, color="steelblue")
@@ -85,7 +85,7 @@ def explanation_png(pixels: np.ndarray, heatmap: np.ndarray, top: list[tuple[str
     for i, v in enumerate(values):
         bars.text(min(v + 0.02, 0.85), i, f"{v:.1%}", va="center", fontsize=8)
     figure.suptitle(title, fontsize=10)
-    figure.savefig(file, dpi=100)
+    save_png(figure, file, 100)
 
 
 def explain_pixels(model, pixels: np.ndarray, names: list[str], class_names: list[str], confidence: Confidence,
@@ -95,9 +95,8 @@ def explain_pixels(model, pixels: np.ndarray, names: list[str], class_names: lis
     written = []
     for start in range(0, len(pixels), BATCH):
         batch = pixels[start:start + BATCH]
-        heatmaps, logits = grad_cam(model, batch)
+        heatmaps, logits, features = grad_cam(model, batch)
         probs = calibrated(logits, confidence.temperature).numpy()
-        features = pooled(feature_map(model, batch.astype(np.float32))).numpy()
         score = all_scores(probs, features, confidence)[confidence.score]
         answered = confidence.answered(score, threshold)
         for i, (image, heatmap, p) in enumerate(zip(batch, heatmaps, probs)):
@@ -131,20 +130,13 @@ def explain(model: str | Path, images: list[str | Path], out: str | Path, top_k:
 
 def mistakes_sheet(model, pixels: np.ndarray, mistakes: list[dict], class_names: list[str], file: Path) -> None:
     """The worst mistakes, each with the Grad-CAM of the class it was taken for and of its true class."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(7.2, 2.5 * len(mistakes) + 0.4), layout="constrained")
-    axes = figure.subplots(len(mistakes), 3, squeeze=False)
-    classes = [class_names.index(m[label]) for m in mistakes for label in ("predicted", "true")]
-    heatmaps, _ = grad_cam(model, np.repeat(pixels, 2, axis=0), np.array(classes))
-    for row, (mistake, image) in enumerate(zip(mistakes, pixels)):
-        axes[row, 0].imshow(image)
-        axes[row, 0].set_axis_off()
-        axes[row, 0].set_title(Path(mistake["path"]).name[:28], fontsize=8)
-        for column, (heatmap, label) in enumerate(zip(heatmaps[2 * row:2 * row + 2], ("predicted", "true")), 1):
-            overlay(axes[row, column], image, heatmap)
-            axes[row, column].set_title(f"{label}: {mistake[label]}"
-                                        + (f" {mistake['confidence']:.0%}" if label == "predicted" else ""),
-                                        fontsize=8, color="darkred" if label == "predicted" else "black")
-    figure.suptitle("Grad-CAM of the worst mistakes: where the model saw its answer, and the true class", fontsize=10)
-    figure.savefig(file, dpi=90)
+    classes = [[class_names.index(m[label]) for label in ("predicted", "true")] for m in mistakes]
+    heatmaps, _, _ = grad_cam(model, pixels, np.array(classes))
+    tiles = []
+    for mistake, image, (predicted, true) in zip(mistakes, pixels, heatmaps):
+        tiles += [(image, Path(mistake["path"]).name[:28], "black"),
+                  (overlaid(image, predicted), f"predicted: {mistake['predicted']} {mistake['confidence']:.0%}",
+                   "darkred"),
+                  (overlaid(image, true), f"true: {mistake['true']}", "black")]
+    contact_sheet(tiles, 3, "Grad-CAM of the worst mistakes: where the model saw its answer, and the true class", file,
+                  picture=2.2, caption=0.3, gap=0.2, header=0.4, fontsize=8, title_size=10, dpi=90)

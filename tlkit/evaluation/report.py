@@ -1,6 +1,7 @@
 """Reports people read: a table for the terminal, and PNG plots and an HTML page written to a folder.
 
-Plots use matplotlib's object-oriented API (``Figure``, rendered by Agg), never pyplot's global state.
+Plots use matplotlib's object-oriented API (``Figure``, rendered by Agg), never pyplot's global state; the contact
+sheet of mistakes is drawn by :func:`tlkit.evaluation.pictures.contact_sheet`.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from tlkit.evaluation.evaluate import Evaluation
 from tlkit.evaluation.explain import mistakes_sheet
+from tlkit.evaluation.pictures import contact_sheet, save_png
 from tlkit.images import decode_image
 from tlkit.runfolder import RunFolder
 from tlkit.training.stage import stage_title
@@ -95,7 +97,7 @@ def training_curves(history: list[dict], file: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
     figure.suptitle("Training curves")
-    figure.savefig(file, dpi=110)
+    save_png(figure, file, 110)
 
 
 def confusion_plot(result: dict, file: Path) -> None:
@@ -122,38 +124,29 @@ def confusion_plot(result: dict, file: Path) -> None:
             ax.text(j, i, str(count), ha="center", va="center", fontsize=10 if n <= 12 else 7,
                     color="white" if shares[i, j] > 0.55 else "black")
     ax.set_title(f"{result['data']}: accuracy {result['accuracy']:.3f} on {result['images']} images")
-    figure.savefig(file, dpi=110)
+    save_png(figure, file, 110)
 
 
 def misclassified_sheet(evaluation: Evaluation, file: Path, limit: int = SHOWN_MISTAKES, size: int = 128) -> None:
     """A contact sheet of the worst mistakes: each image with its true and predicted class and confidence."""
-    from matplotlib.figure import Figure
-
     mistakes = evaluation.mistakes()
     shown = mistakes[:limit]
-    row_of = {str(path): i for i, path in enumerate(evaluation.paths)}
-    columns, cell, picture, caption, header = 6, 1.7, 1.5, 0.5, 0.6  # inches; a fixed grid needs no layout pass
-    rows = max(1, math.ceil(len(shown) / columns))
-    height = header + rows * (picture + caption)
-    figure = Figure(figsize=(columns * cell, height if shown else 1.6))
     if not shown:
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(10.2, 1.6))
         figure.text(0.5, 0.5, f"No misclassified images\nall {len(evaluation.labels)} images of {evaluation.data} "
                               "are classified correctly", ha="center", va="center", fontsize=12)
-    else:
-        figure.text(0.5, 1 - 0.1 / height, f"{len(shown)} of {len(mistakes)} misclassified images, worst first "
-                    f"(lowest probability of the true class)\n{evaluation.data}", ha="center", va="top", fontsize=11)
-    for i, mistake in enumerate(shown):
-        row, column = divmod(i, columns)
-        bottom = height - header - (row + 1) * (picture + caption)
-        ax = figure.add_axes([(column * cell + (cell - picture) / 2) / (columns * cell), bottom / height,
-                              picture / (columns * cell), picture / height])
-        ax.set_axis_off()
-        ax.imshow(decode_image(Path(mistake["path"]), size) if evaluation.images is None
-                  else evaluation.images[row_of[mistake["path"]]])
-        ax.set_title(f"true: {_short(mistake['true'])}\npredicted: {_short(mistake['predicted'])} "
-                     f"{mistake['confidence']:.0%}\n{_short(Path(mistake['path']).name, 26)}",
-                     fontsize=7.5, color="darkred", pad=3)
-    figure.savefig(file, dpi=100)
+        save_png(figure, file, 100)
+        return
+    row_of = {str(path): i for i, path in enumerate(evaluation.paths)}
+    tiles = [(evaluation.images[row_of[m["path"]]] if evaluation.images is not None else
+              decode_image(Path(m["path"]), size),
+              f"true: {_short(m['true'])}\npredicted: {_short(m['predicted'])} {m['confidence']:.0%}\n"
+              f"{_short(Path(m['path']).name, 26)}", "darkred") for m in shown]
+    contact_sheet(tiles, 6, f"{len(shown)} of {len(mistakes)} misclassified images, worst first (lowest probability "
+                  f"of the true class)\n{evaluation.data}", file, picture=1.5, caption=0.5, gap=0.2, header=0.6,
+                  fontsize=7.5, title_size=11, dpi=100)
 
 
 def reliability_plot(trust: dict, file: Path) -> None:
@@ -200,7 +193,7 @@ def _save_chart(figure, ax, file: Path, title: str, xlabel: str, ylabel: str, le
     ax.grid(alpha=0.3)
     ax.legend(loc=legend, fontsize=8)
     ax.set_title(title)
-    figure.savefig(file, dpi=110)
+    save_png(figure, file, 110)
 
 
 def _number(value) -> float:
