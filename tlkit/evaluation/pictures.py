@@ -19,8 +19,12 @@ def save_png(figure, file: Path, dpi: float) -> None:
     figure.set_dpi(dpi)
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
-    pixels = np.asarray(canvas.buffer_rgba())[..., :3]
-    Image.fromarray(pixels).save(file, format="png", compress_level=1, dpi=(dpi, dpi))
+    _write(Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3]), file, dpi)
+
+
+def _write(image, file: Path, dpi: float) -> None:
+    """A Pillow RGB image as PNG at zlib level 1 (photos compress poorly whatever the level)."""
+    image.save(file, format="png", compress_level=1, dpi=(dpi, dpi))
 
 
 def overlaid(pixels: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
@@ -55,4 +59,4 @@ def contact_sheet(tiles: list[tuple[np.ndarray, str, str]], columns: int, title:
                             align="center", spacing=1)
     draw.multiline_text((sheet.width // 2, round(0.1 * dpi)), title, fill="black", font=font(title_size), anchor="ma",
                         align="center", spacing=3)
-    sheet.save(file, format="png", compress_level=1, dpi=(dpi, dpi))
+    _write(sheet, file, dpi)
