@@ -15,7 +15,8 @@ from click.testing import CliRunner
 
 from tlkit.cli import cli
 
-QUICK = ["--image-size", "64", "--set", "stage1.epochs=6", "--set", "stage2.epochs=4"]
+# small and short: two passes per head epoch (min_steps), where the default would make 3000 steps
+QUICK = ["--image-size", "64", "--set", "stage1.epochs=6", "--set", "stage2.epochs=4", "--set", "stage1.min_steps=120"]
 
 
 def tlkit(args, env=None, **kwargs):

@@ -59,7 +59,7 @@ def test_lr_find_on_real_photos_suggests_a_swept_rate_and_plots_it(flowers_small
 
 def test_fine_tune_sweep_without_cache_trains_earlier_stages_and_restores_the_model(flowers_small, weights_dir):
     recipe = override(load_recipe("quickstart"), ["weights=imagenet", "image_size=64", "cache=false",
-                                                  "stage1.epochs=1"])
+                                                  "stage1.epochs=1", "stage1.min_steps=0"])
     session = prepare(recipe, flowers_small, weights_dir=str(weights_dir), cache_memory=0.0)
     classifier = session.classifier
     base_before = [w.copy() for w in classifier.base.get_weights()]
