@@ -12,13 +12,13 @@ from tlkit.serving.signatures import Confidence, serving_functions, write_labels
 
 
 def write_savedmodel(model, class_names: list[str], size: int, target: Path, confidence: Confidence) -> None:
-    """Write a SavedModel with both signatures, the image size (``image_size[0]`` once loaded), and the class names
-    and confidence record in ``assets/`` into ``target``."""
-    serve_images, serve_pixels = serving_functions(model, class_names, size, confidence)
+    """Write a SavedModel with both signatures (also callable as attributes of the loaded object), the image size
+    (``image_size[0]`` once loaded), and the class names and confidence record in ``assets/`` into ``target``."""
     module = tf.Module()
-    module.model_variables = list({v.ref(): v for fn in (serve_images, serve_pixels) for v in fn.variables}.values())
+    module.serving_default, module.serving_pixels = serving_functions(model, class_names, size, confidence)
+    signatures = {"serving_default": module.serving_default, "serving_pixels": module.serving_pixels}
+    module.model_variables = list({v.ref(): v for fn in signatures.values() for v in fn.variables}.values())
     module.image_size = [tf.Variable(size, trainable=False, name="image_size")]
-    tf.saved_model.save(module, str(target), signatures={"serving_default": serve_images,
-                                                         "serving_pixels": serve_pixels})
+    tf.saved_model.save(module, str(target), signatures=signatures)
     (target / "assets").mkdir(exist_ok=True)
     write_labels(target / "assets", class_names, confidence)
