@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 from PIL import Image, TiffImagePlugin
+from tensorflow.core.protobuf import saved_model_pb2
 
 from tlkit.cli import cli
 from tlkit.images import decode_image
@@ -84,6 +86,27 @@ def test_saved_model_cli_lists_both_signatures(served):
                      "top_k_probabilities"):
             assert f"outputs['{name}']" in outputs
     assert (served.savedmodel / "assets" / "labels.txt").read_text().split() == served.folder.class_names()
+
+
+def _layers(layer):
+    return [leaf for inner in getattr(layer, "layers", []) for leaf in [inner, *_layers(inner)]]
+
+
+def test_the_savedmodel_holds_one_copy_of_the_model_and_one_decoder_branch(served):
+    """Both signatures call one trace of the model (the export traces it once), and the decoder's only branch is
+    JPEG or not; the signatures are also attributes of the loaded object."""
+    saved = saved_model_pb2.SavedModel.FromString((served.savedmodel / "saved_model.pb").read_bytes())
+    ops = Counter(node.op for function in saved.meta_graphs[0].graph_def.library.function
+                  for node in function.node_def)
+    convolutions = Counter(type(layer).__name__ for layer in _layers(served.model))
+    assert ops["Conv2D"] == convolutions["Conv2D"] > 0
+    assert ops["DepthwiseConv2dNative"] == convolutions["DepthwiseConv2D"] > 0
+    assert ops["If"] + ops["StatelessIf"] == 1 and ops["Case"] + ops["StatelessCase"] == 0
+
+    loaded = tf.saved_model.load(str(served.savedmodel))
+    pixels = tf.constant(served.val_pixels[:2])
+    np.testing.assert_array_equal(loaded.serving_pixels(pixels=pixels)["probabilities"],
+                                  loaded.signatures["serving_pixels"](pixels=pixels)["probabilities"])
 
 
 def test_bad_image_in_a_batch_is_an_error_and_the_next_request_succeeds(served):

@@ -1,5 +1,7 @@
-"""The SavedModel: both serving signatures, the class names and the image size, written with Keras 3's
-ExportArchive (``tf.saved_model.save`` does not handle Keras 3 models, keras#19458)."""
+"""The SavedModel: both serving signatures, the class names and the image size. Written with
+``tf.saved_model.save`` of a plain ``tf.Module`` holding the signatures' concrete functions and the variables they
+read: ``tf.saved_model.save`` does not take a Keras 3 model (keras#19458), and Keras' ExportArchive, which works
+around it, traces every endpoint again while saving."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,15 +12,13 @@ from tlkit.serving.signatures import Confidence, serving_functions, write_labels
 
 
 def write_savedmodel(model, class_names: list[str], size: int, target: Path, confidence: Confidence) -> None:
-    """Write a SavedModel with both signatures, the image size, and the class names and confidence record in
-    ``assets/`` into ``target``."""
-    import keras
-
-    serve_images, serve_pixels = serving_functions(model, class_names, size, confidence)
-    archive = keras.export.ExportArchive()
-    archive.add_endpoint("serving_default", serve_images)
-    archive.add_endpoint("serving_pixels", serve_pixels)
-    archive.add_variable_collection("image_size", [tf.Variable(size, trainable=False, name="image_size")])
-    archive.write_out(str(target), verbose=False)
+    """Write a SavedModel with both signatures (also callable as attributes of the loaded object), the image size
+    (``image_size[0]`` once loaded), and the class names and confidence record in ``assets/`` into ``target``."""
+    module = tf.Module()
+    module.serving_default, module.serving_pixels = serving_functions(model, class_names, size, confidence)
+    signatures = {"serving_default": module.serving_default, "serving_pixels": module.serving_pixels}
+    module.model_variables = list({v.ref(): v for fn in signatures.values() for v in fn.variables}.values())
+    module.image_size = [tf.Variable(size, trainable=False, name="image_size")]
+    tf.saved_model.save(module, str(target), signatures=signatures)
     (target / "assets").mkdir(exist_ok=True)
     write_labels(target / "assets", class_names, confidence)

@@ -20,6 +20,8 @@ TOP_K = 5
 LABELS_FILE = "labels.txt"
 SCORES = ("max_probability", "class_mean_similarity")
 _EXIF_WINDOW = 1024  # bytes of the EXIF block searched for the orientation tag (IFD0 sits at its start)
+_FLIPS = [[False, False], [False, True], [True, True], [True, False],  # orientation 1-8 after the transpose of 5-8
+          [False, False], [False, True], [True, True], [True, False]]
 
 
 @dataclass
@@ -90,9 +92,8 @@ def pixel_function(model, size: int, confidence: Confidence, dtype=tf.float32):
 
 
 def exif_orientation(data):
-    """The EXIF orientation (1-8) of encoded image bytes, 1 when there is none; graph ops only."""
-    parts = tf.strings.split(data, sep="Exif\x00\x00", maxsplit=1)
-    tiff = tf.cond(tf.size(parts) > 1, lambda: parts[-1], lambda: tf.constant(b""))
+    """The EXIF orientation (1-8) of encoded image bytes, 1 when there is none; graph ops only, no branches."""
+    tiff = tf.strings.reduce_join(tf.strings.split(data, sep="Exif\x00\x00", maxsplit=1)[1:])  # b"": no EXIF
     raw = tf.cast(tf.io.decode_raw(tf.strings.substr(tiff, 0, _EXIF_WINDOW), tf.uint8), tf.int32)
     b = tf.pad(raw, [[0, _EXIF_WINDOW + 16 - tf.size(raw)]])
     little = tf.equal(b[0], ord("I"))  # "II": little-endian TIFF, "MM": big-endian
@@ -112,18 +113,12 @@ def exif_orientation(data):
 
 
 def orient(image, orientation):
-    """Turn decoded pixels upright for an EXIF orientation, as Pillow's ``ImageOps.exif_transpose``."""
-    transposed = lambda: tf.transpose(image, [1, 0, 2])  # noqa: E731
-    return tf.switch_case(orientation - 1, [
-        lambda: image,
-        lambda: tf.reverse(image, [1]),
-        lambda: tf.reverse(image, [0, 1]),
-        lambda: tf.reverse(image, [0]),
-        transposed,
-        lambda: tf.image.rot90(image, 3),
-        lambda: tf.reverse(transposed(), [0, 1]),
-        lambda: tf.image.rot90(image, 1),
-    ])
+    """Turn decoded pixels upright for an EXIF orientation, as Pillow's ``ImageOps.exif_transpose``: orientations
+    5-8 transpose, then rows and columns flip as the table says; one graph, no branches."""
+    transpose = tf.where(orientation >= 5, [1, 0, 2], [0, 1, 2])
+    flips = tf.gather(tf.constant(_FLIPS), orientation - 1)  # (flip rows, flip columns)
+    upright = tf.reverse(tf.transpose(image, transpose), tf.boolean_mask([0, 1], flips))
+    return tf.ensure_shape(upright, [None, None, image.shape[-1]])  # the channels survive the dynamic permutation
 
 
 def decode_tensor(data, size: int):
@@ -141,12 +136,14 @@ def decode_tensor(data, size: int):
 
 
 def serving_functions(model, class_names: list[str], size: int, confidence: Confidence):
-    """The two signatures: ``serving_default`` (encoded images) and ``serving_pixels`` (uint8 pixels). Below the
+    """The two signatures as concrete functions: ``serving_default`` (encoded images) and ``serving_pixels`` (uint8
+    pixels of any size), both calling one trace of the model on ``(N, size, size, 3)`` uint8 pixels. Below the
     threshold ``class_ids`` is -1 and ``class_names`` the unknown label; the top-k are always the raw ranking."""
     names = tf.constant(class_names)
     k = min(TOP_K, len(class_names))
     threshold = -np.inf if confidence.threshold is None else confidence.threshold
 
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)], autograph=False)
     def answer(pixels):
         out = outputs(model, pixels, confidence)
         probs, score = out["probabilities"], out["score"]
@@ -158,17 +155,17 @@ def serving_functions(model, class_names: list[str], size: int, confidence: Conf
                 "top_k_class_ids": top.indices, "top_k_probabilities": top.values,
                 "top_k_class_names": tf.gather(names, top.indices)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")], autograph=False)
     def serve_images(images):
         pixels = tf.map_fn(lambda data: decode_tensor(data, size), images,
                            fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8))
         return answer(pixels)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="pixels")])
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="pixels")], autograph=False)
     def serve_pixels(pixels):
         return answer(resize_tensor(pixels, size))
 
-    return serve_images, serve_pixels
+    return serve_images.get_concrete_function(), serve_pixels.get_concrete_function()
 
 
 def write_labels(folder: Path, class_names: list[str], confidence: Confidence | None = None) -> Path:
