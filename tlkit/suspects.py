@@ -53,7 +53,8 @@ def blank(rows) -> np.ndarray:
     """Which images (a :class:`tlkit.duplicates.Rows`) are blank: one colour, give or take encoding noise."""
     spread = np.empty(len(rows), np.float32)
     for start, block in rows.blocks():
-        spread[start:start + len(block)] = (block.astype(np.float32) @ [0.299, 0.587, 0.114]).std(axis=(1, 2))
+        gray = block.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])  # float32 throughout, as the pixels
+        spread[start:start + len(block)] = gray.std(axis=(1, 2))
     return spread < BLANK_LEVEL
 
 
