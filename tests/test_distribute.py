@@ -138,11 +138,23 @@ def test_killed_in_each_stage_resumes_to_the_uninterrupted_result(flowers_small,
     final_weights(run_dir)  # loads: nothing corrupt
 
 
+# Ctrl-C as a terminal's foreground job gets it: a shell's background job (as some CI runners start the suite)
+# inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler
+FOREGROUND = """
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+from tlkit.cli import main
+sys.argv = ["tlkit"] + sys.argv[1:]
+main()
+"""
+
+
 def test_ctrl_c_saves_and_prints_the_resume_command(flowers_small, weights_dir, tmp_path):
     run_dir = tmp_path / "run"
-    process = tlkit(["run", "quickstart", "--data", flowers_small, "--weights-dir", weights_dir, "--out", run_dir,
-                     "--image-size", "64", "--set", "stage1.epochs=200", "--set", "stage1.patience=null",
-                     "--export", "none"])
+    process = subprocess.Popen([sys.executable, "-c", FOREGROUND, "run", "quickstart", "--data", str(flowers_small),
+                                "--weights-dir", str(weights_dir), "--out", str(run_dir), "--image-size", "64",
+                                "--set", "stage1.epochs=200", "--set", "stage1.patience=null", "--export", "none"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(run_dir, lambda s: s["global_epoch"] >= 1, process)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
