@@ -35,7 +35,8 @@ def pytest_collection_modifyitems(config, items):
 if importlib.util.find_spec("xdist"):  # the test extra installs it; setup.cfg runs two workers
     from xdist.scheduler import LoadScopeScheduling
 
-    ONE_BY_ONE = {"tests/test_distribute.py"}  # long tests that share no module fixture: spread test by test
+    # long tests whose module fixtures cost next to nothing (test_bases: six decoded photos): spread test by test
+    ONE_BY_ONE = {"tests/test_distribute.py", "tests/test_bases.py"}
 
     class ModuleScheduling(LoadScopeScheduling):
         """Whole modules go to one worker, so a module's fixtures are built once; the serving package counts as
