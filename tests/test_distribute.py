@@ -64,14 +64,14 @@ def test_two_worker_processes_train_the_same_model(shapes, weights_dir, tmp_path
     assert json.loads((run_dir / "metrics.json").read_text())["val"]["accuracy"] > 0.6
 
 
-MIRRORED = """
-import sys, tensorflow as tf
+def cli_after(prelude: str) -> str:
+    """``python -c`` source that runs the tlkit CLI on its arguments after ``prelude``."""
+    return f"import sys\n{prelude}\nfrom tlkit.cli import main\nsys.argv = ['tlkit'] + sys.argv[1:]\nmain()\n"
+
+
+MIRRORED = cli_after("""import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from tlkit.cli import main
-sys.argv = ["tlkit"] + sys.argv[1:]
-main()
-"""
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)""")
 
 
 def test_mirrored_strategy_over_two_logical_cpus(shapes, weights_dir, tmp_path):
@@ -140,13 +140,7 @@ def test_killed_in_each_stage_resumes_to_the_uninterrupted_result(flowers_small,
 
 # Ctrl-C as a terminal's foreground job gets it: a shell's background job (as some CI runners start the suite)
 # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler
-FOREGROUND = """
-import signal, sys
-signal.signal(signal.SIGINT, signal.default_int_handler)
-from tlkit.cli import main
-sys.argv = ["tlkit"] + sys.argv[1:]
-main()
-"""
+FOREGROUND = cli_after("import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)")
 
 
 def test_ctrl_c_saves_and_prints_the_resume_command(flowers_small, weights_dir, tmp_path):
