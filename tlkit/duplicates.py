@@ -7,7 +7,8 @@ crop and scale per axis that best match their row and column brightness profiles
 filtered at 64 px and correlated (brightness), leaving out clipped highlights. A copy keeps its fine detail
 (correlation 0.95-1.0 for the edits above); another shot of the same scene does not (below 0.8 on the
 real folders measured: README, *Audit*); ``data.near_duplicate`` (default 0.9) is the line between.
-Everything here is NumPy on pixels and features already in memory.
+Everything here works on pixels and features already in memory: NumPy, and TensorFlow for the all-pairs
+neighbour search.
 """
 from __future__ import annotations
 
@@ -91,9 +92,10 @@ class Rows:
 def unit_rows(features: np.ndarray) -> np.ndarray:
     """Pooled features as unit vectors after a signed square root (power normalisation: a few strong
     activations no longer drown the rest), the form every comparison here uses."""
-    x = features.reshape(len(features), -1).astype(np.float32)
-    x = np.sign(x) * np.sqrt(np.abs(x))
-    return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
+    x = features.reshape(len(features), -1).astype(np.float32)  # a copy, then worked on in place
+    np.copysign(np.sqrt(np.abs(x)), x, out=x)
+    x /= np.linalg.norm(x, axis=1, keepdims=True) + 1e-12
+    return x
 
 
 def embed(features: np.ndarray, dims: int = EMBED_DIMS) -> np.ndarray:
@@ -116,17 +118,18 @@ def embed(features: np.ndarray, dims: int = EMBED_DIMS) -> np.ndarray:
 
 def neighbours(z: np.ndarray, k: int, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest other rows of unit vectors ``z`` by cosine: indices and similarities ``(N, k)``,
-    nearest first."""
+    nearest first (ties: the lower index first)."""
+    import tensorflow as tf  # its top-k is a multi-threaded heap search, NumPy's a full partition of each row
+
     k = min(k, len(z) - 1)
+    keys = tf.constant(z, tf.float32)
     index, similarity = np.empty((len(z), k), np.int64), np.empty((len(z), k), np.float32)
     for start in range(0, len(z), block):
-        sim = z[start:start + block] @ z.T
-        sim[np.arange(len(sim)), np.arange(start, start + len(sim))] = -np.inf
-        top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        values = np.take_along_axis(sim, top, axis=1)
-        order = np.argsort(-values, axis=1)
-        index[start:start + block] = np.take_along_axis(top, order, axis=1)
-        similarity[start:start + block] = np.take_along_axis(values, order, axis=1)
+        stop = min(start + block, len(z))
+        sim = tf.matmul(keys[start:stop], keys, transpose_b=True)
+        sim -= 4.0 * tf.one_hot(tf.range(start, stop), len(z))  # never itself (cosines are at least -1)
+        values, top = tf.math.top_k(sim, k)
+        index[start:stop], similarity[start:stop] = top.numpy(), values.numpy()
     return index, similarity
 
 

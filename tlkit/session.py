@@ -59,7 +59,8 @@ class Session:
     def pooled_features(self) -> np.ndarray:
         """Every image's base output, average-pooled, in ``data.rows()`` order: the head stage's cache when
         its head average-pools (see :meth:`Trainer.pooled_features`)."""
-        return self.trainer().pooled_features()[np.concatenate(list(self.data.catalogue()[1].values()))]
+        trainer = self.trainer()
+        return trainer.pooled_features()[np.concatenate(list(trainer.rows.values()))]
 
     def find_duplicates(self, near: bool) -> Duplicates:
         """Exact duplicates of the data's images (positions in ``data.rows()``) and, with ``near``,

@@ -155,11 +155,12 @@ class ArrayStore:
                     log.info("%s: another process stored the same entry first; using it", what)
             event = {"event": "computed", "seconds": round(time.perf_counter() - started, 2)}
         meta = json.loads((folder / META).read_text())
-        arrays = [np.load(path, mmap_mode="r") for path in sorted(folder.glob("*.npy"), key=lambda p: int(p.stem))]
+        paths = sorted(folder.glob("*.npy"), key=lambda p: int(p.stem))
+        arrays = [np.load(path, mmap_mode="r") for path in paths]
         size = sum(a.nbytes for a in arrays)
         where = "disk (memory-mapped)"
         if self.reserve(size):
-            arrays = [np.array(a) for a in arrays]
+            arrays = [np.load(path) for path in paths]  # read whole: copying a memory map faults page by page
             where = "RAM"
         event.update(key=key, bytes=size, where=where, folder=str(folder))
         return Entry(arrays, meta, event)

@@ -1,7 +1,7 @@
 """Images that deserve a second look, from a base's pooled features (as :mod:`tlkit.duplicates` normalises
 them), duplicates sharing a group id: likely label errors (a low out-of-fold probability of the given label
 from linear probes, the confident-learning ranking) and outliers (far from every class, relative to each
-class's own spread). NumPy and scikit-learn on features in memory."""
+class's own spread). NumPy, scikit-learn and TensorFlow (the all-pairs search) on features in memory."""
 from __future__ import annotations
 
 import warnings
@@ -64,18 +64,21 @@ def outlier_scores(x: np.ndarray, labels: np.ndarray, groups: np.ndarray, classe
     is from its nearest class: the mean cosine distance to that class's ``OUTLIER_K`` nearest members (never
     itself or its duplicates), over the same figure's median for the class's own members. About 1 for a
     typical image; well above it for blank, noise or off-subject images."""
+    import tensorflow as tf  # its top-k is a multi-threaded heap search, NumPy's a full partition of each row
+
     distance = np.empty((len(x), classes), np.float32)
     members = [np.flatnonzero(labels == c) for c in range(classes)]
+    keys = tf.constant(x, tf.float32)
     for start in range(0, len(x), block):
         rows = np.arange(start, min(start + block, len(x)))
-        similarity = x[rows] @ x.T
-        similarity[groups[rows][:, None] == groups[None, :]] = -np.inf  # itself and its duplicates
+        similarity = tf.matmul(keys[start:start + len(rows)], keys, transpose_b=True)
+        similarity = tf.where(groups[rows][:, None] == groups[None, :], -np.inf, similarity)  # itself, duplicates
         for c, columns in enumerate(members):
             k = min(OUTLIER_K, len(columns) - 1)
             if k < 1:
                 distance[rows, c] = np.inf
                 continue
-            nearest = -np.partition(-similarity[:, columns], k - 1, axis=1)[:, :k]
+            nearest = tf.math.top_k(tf.gather(similarity, columns, axis=1), k).values.numpy()
             distance[rows, c] = 1.0 - np.where(np.isfinite(nearest), nearest, -1.0).mean(axis=1)
     spread = np.array([np.median(distance[m, c]) if len(m) > 1 else np.nan for c, m in enumerate(members)])
     ratio = np.where(np.isfinite(spread), distance / np.maximum(np.nan_to_num(spread), 1e-6), np.inf)
