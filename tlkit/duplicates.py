@@ -29,6 +29,7 @@ COLOUR_THRESHOLD = 0.8  # aligned copies keep their colours: the correlation of 
 GREY = 4.0  # smoothed chroma spread (grey levels) below which an image counts as grey: its colour says nothing
 CLIPPED = 250  # a channel at or above this (after resampling) is a clipped highlight, left out of the check
 PIXELS_AT_ONCE = 2 ** 17  # image pixels the detail check works on at once (what bounds its memory)
+BLOCK_VALUES = 2 ** 21  # pixel values worked on at once: their float32 copies (8 MB) reuse the same memory
 _GRAY = np.array([0.299, 0.587, 0.114], np.float32)
 
 
@@ -80,9 +81,10 @@ class Rows:
         k = int(np.searchsorted(self.starts, i, side="right")) - 1
         return self.arrays[k][i - self.starts[k]]
 
-    def blocks(self, size: int = 256):
-        """``(start, rows)`` in order, at most ``size`` rows at a time."""
+    def blocks(self, values: int = BLOCK_VALUES):
+        """``(start, rows)`` in order, as many rows at a time as hold at most ``values`` pixel values (one at least)."""
         for k, array in enumerate(self.arrays):
+            size = max(1, values // array[0].size)
             for s in range(0, len(array), size):
                 yield int(self.starts[k]) + s, np.asarray(array[s:s + size])
 
