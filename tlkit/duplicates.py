@@ -213,7 +213,9 @@ def _crop_grid(step: float) -> np.ndarray:
 def _gaussian(n: int, sigma: float) -> np.ndarray:
     x = np.arange(n)
     g = np.exp(-0.5 * ((x[:, None] - x[None, :]) / sigma) ** 2)
-    return (g / g.sum(axis=1, keepdims=True)).astype(np.float32)
+    g = (g / g.sum(axis=1, keepdims=True)).astype(np.float32)
+    g[g < np.finfo(np.float32).eps * g.max()] = 0.0  # below rounding: no change, and tiny (subnormal) products are slow
+    return g
 
 
 class _Checker:

@@ -25,11 +25,12 @@ log = logging.getLogger(__name__)
 
 def feature_batch(size: int) -> int:
     """Images per forward pass while computing features. On a GPU: 128 up to 160 px, fewer at larger sizes so
-    activations stay small. On CPUs, where a batch's activations should stay in the processor's caches: about
-    as many pixels as 32 images of 96 px (16 at 128 px, 8 at 160 px), 4 to 64 images."""
+    activations stay small. On CPUs: about as many pixels as 128 images of 96 px, to the nearest power of two
+    (64 at 128 and 160 px, 32 at 224 px), 4 to 128 images; a batch's fixed costs dominate below that, and its
+    activations outgrow the processor's caches above."""
     if tf.config.list_logical_devices("GPU"):
         return int(np.clip(2 ** int(np.log2(128 * 160 * 160 / size ** 2)), 16, 128))
-    return int(np.clip(2 ** int(np.log2(32 * 96 * 96 / size ** 2)), 4, 64))
+    return int(np.clip(2 ** round(np.log2(128 * 96 * 96 / size ** 2)), 4, 128))
 
 
 def feature_fingerprint(recipe: Recipe, weights: ResolvedWeights, data: ImageData) -> dict:
