@@ -4,10 +4,17 @@
 >>> result = run(load_recipe("quickstart"), out="runs/quickstart")  # doctest: +SKIP
 >>> result.metrics["val"]["accuracy"]  # doctest: +SKIP
 """
-from tlkit.backbones import register_backbone
-from tlkit.errors import TlkitError
-from tlkit.overrides import override
-from tlkit.recipe import Augment, Data, FeatureExtraction, FineTune, Head, Recipe, Trust, load_recipe
+import os
+
+# NumPy asks the kernel for transparent huge pages for large arrays; where free memory must first be compacted into
+# 2 MB blocks, the first touch of an array stalls (README, "Speed"). tlkit's large arrays are written once and read in
+# order, which 4 KB pages serve as fast. Set before NumPy is imported; a value the user set wins.
+os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
+
+from tlkit.backbones import register_backbone  # noqa: E402
+from tlkit.errors import TlkitError  # noqa: E402
+from tlkit.overrides import override  # noqa: E402
+from tlkit.recipe import Augment, Data, FeatureExtraction, FineTune, Head, Recipe, Trust, load_recipe  # noqa: E402
 
 __all__ = ["Augment", "Data", "FeatureExtraction", "FineTune", "Head", "Recipe", "TlkitError", "Trust", "load_recipe",
            "override", "register_backbone", "run"]
