@@ -7,7 +7,7 @@
 import os
 
 # NumPy asks the kernel for transparent huge pages for large arrays; where free memory must first be compacted into
-# 2 MB blocks, the first touch of an array stalls (README, "Speed"). tlkit's large arrays are written once and read in
+# 2 MB blocks, the first touch of an array stalls (README, "Cached features"). tlkit's large arrays are written once and read in
 # order, which 4 KB pages serve as fast. Set before NumPy is imported; a value the user set wins.
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
