@@ -126,6 +126,9 @@ def test_each_flip_replica_holds_the_base_output_of_that_flip_at_every_cut(flowe
     train, val = trainer.features[high]
     assert (train.replicas, val.replicas) == (2, 1)  # validation images: the unaugmented copy only
     assert train.shared is val.shared and len(train.shared[0]) == sum(data.counts().values())  # one entry, all images
+    # every trainer of the session (duplicate search, training, lr-find) computes features with the same traced models
+    assert session.trainer().feature_model(low, None) is trainer.feature_model(low, None)
+    assert session.trainer().feature_model(high, low) is trainer.feature_model(high, low)
 
 
 def test_inference_takes_models_of_several_inputs():

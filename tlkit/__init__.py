@@ -6,9 +6,10 @@
 """
 import os
 
-# NumPy asks the kernel for transparent huge pages for large arrays; where free memory must first be compacted into
-# 2 MB blocks, the first touch of an array stalls (README, "Cached features"). tlkit's large arrays are written once and read in
-# order, which 4 KB pages serve as fast. Set before NumPy is imported; a value the user set wins.
+# NumPy asks the kernel for transparent huge pages for large arrays; where free memory must first be compacted
+# into 2 MB blocks, the first touch of an array stalls (README, "Cached features"). tlkit's large arrays are
+# written once and read in order, which 4 KB pages serve as fast. Set before NumPy is imported; a value the user
+# set wins.
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
 from tlkit.backbones import register_backbone  # noqa: E402

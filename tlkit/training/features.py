@@ -264,6 +264,7 @@ class FeatureStore:
         self.arrays = arrays
         self.events: list[dict] = []
         self._traced: dict[int, tuple[keras.Model, Callable]] = {}  # id(model) -> (model, its traced forward)
+        self._models: dict[tuple, tuple[Classifier, keras.Model]] = {}  # (id(classifier), cut, lower) -> model
         self._loaded: dict[str, list[np.ndarray]] = {}  # cache key -> arrays this process already holds
 
     def load_or_compute(self, parts: dict, model: keras.Model, chunks: Callable, n: int, replicas: int,
@@ -289,6 +290,13 @@ class FeatureStore:
                  event["where"])
         self._loaded[key] = entry.arrays
         return entry.arrays
+
+    def feature_model(self, classifier: Classifier, cut: int, lower: int | None = None) -> keras.Model:
+        """:func:`feature_model` of ``classifier``, built once per store."""
+        key = (id(classifier), cut, lower)
+        if key not in self._models:
+            self._models[key] = (classifier, feature_model(classifier, cut, lower))
+        return self._models[key][1]
 
     def _forward(self, model: keras.Model) -> Callable:
         """One traced inference function per model, shared by the splits it computes."""

@@ -18,7 +18,7 @@ from tlkit.training.checkpoint import Checkpoints
 from tlkit.training.datasets import epoch_order, feature_dataset, image_dataset
 from tlkit.training.distribute import Placement
 from tlkit.training.features import POOLED_LABEL, CutFeatures, FeatureStore, above_cut_model, choose_replicas, \
-    cut_label, feature_batch, feature_model, outputs_from_cut, pooled_model
+    cut_label, feature_batch, outputs_from_cut, pooled_model
 from tlkit.training.loop import Loop
 from tlkit.training.optim import current_learning_rate, make_optimizer, stage_callbacks
 from tlkit.training.stage import StagePlan, plan_stages
@@ -52,7 +52,6 @@ class Trainer:
         self.features: dict[int, tuple[CutFeatures, CutFeatures]] = {}  # cut index -> (train, val)
         self.catalogue, self.rows = data.catalogue()  # every image in one order, and each split's rows in it
         self.shared: dict[int, list] = {}  # cut index -> unaugmented tensors of every image (catalogue order)
-        self._feature_models: dict[tuple, keras.Model] = {}  # (cut, lower) -> the model computing it
         self.feature_seconds = 0.0
         self.best_weights: list | None = None
 
@@ -116,11 +115,9 @@ class Trainer:
         return self._shared(pooled_model(self.classifier, lower), POOLED_LABEL, lower)[0]
 
     def feature_model(self, cut: int, lower: int | None) -> keras.Model:
-        """What computes a cut's cached tensors (from images, or from the ``lower`` cut's), built once, so its
-        traced forward pass serves every split and replica."""
-        if (cut, lower) not in self._feature_models:
-            self._feature_models[cut, lower] = feature_model(self.classifier, cut, lower)
-        return self._feature_models[cut, lower]
+        """What computes a cut's cached tensors (from images, or from the ``lower`` cut's): the store's, built once
+        for every trainer of the classifier, so its traced forward pass serves every split and replica."""
+        return self.store.feature_model(self.classifier, cut, lower)
 
     def outputs(self) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
         """Each split's head logits ``(N, classes)`` and average-pooled base output ``(N, channels)``, in split order,
