@@ -105,7 +105,7 @@ def _wait_for(run_dir: Path, condition, process, timeout=300):
 
 
 def test_killed_in_each_stage_resumes_to_the_uninterrupted_result(flowers_small, weights_dir, tmp_path):
-    args = ["run", "quickstart", "--data", flowers_small, "--weights-dir", weights_dir, *QUICK,
+    args = ["run", "quickstart", "--data", flowers_small, "--weights-dir", weights_dir, *QUICK, "--checkpoint-every", "0",
             "--set", "stage1.patience=null", "--set", "stage2.patience=null", "--export", "none"]
     reference = tmp_path / "reference"
     finish(tlkit([*args, "--out", reference]))
@@ -143,11 +143,33 @@ def test_killed_in_each_stage_resumes_to_the_uninterrupted_result(flowers_small,
 FOREGROUND = cli_after("import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)")
 
 
+def test_checkpoints_come_at_stage_ends_and_after_the_interval_with_the_latest_kept_weights(tmp_path, monkeypatch):
+    from tlkit.training import checkpoint
+    from tlkit.training.state import TrainState
+
+    clock = [100.0]
+    monkeypatch.setattr(checkpoint.time, "monotonic", lambda: clock[0])
+    assert checkpoint.Checkpoints(tmp_path / "every", every=0).due(stage_done=False, best_changed=False)
+    saver, state = checkpoint.Checkpoints(tmp_path / "run", every=10), TrainState()
+    assert saver.due(stage_done=True, best_changed=True)  # a stage's end always
+    saver.save(state, [np.zeros(3)], [], [np.zeros(3)])
+    clock[0] += 4
+    assert not saver.due(stage_done=False, best_changed=True)  # 4 s after the last: skipped, though a new best
+    clock[0] += 6
+    state.global_epoch = 2
+    assert saver.due(stage_done=False, best_changed=False)  # 10 s after the last
+    saver.save(state, [np.ones(3)], [], [np.ones(3)])
+    saved = saver.load()
+    assert saved["state"]["global_epoch"] == 2
+    np.testing.assert_array_equal(saved["best"][0], np.ones(3))  # the best of the skipped epoch, not the old file
+
+
 def test_ctrl_c_saves_and_prints_the_resume_command(flowers_small, weights_dir, tmp_path):
     run_dir = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "-c", FOREGROUND, "run", "quickstart", "--data", str(flowers_small),
                                 "--weights-dir", str(weights_dir), "--out", str(run_dir), "--image-size", "64",
-                                "--set", "stage1.epochs=200", "--set", "stage1.patience=null", "--export", "none"],
+                                "--set", "stage1.epochs=200", "--set", "stage1.patience=null", "--export", "none",
+                                "--checkpoint-every", "0"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(run_dir, lambda s: s["global_epoch"] >= 1, process)
     process.send_signal(signal.SIGINT)

@@ -260,7 +260,7 @@ def killed(hostile, tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:
         env.setenv("TLKIT_CACHE_DIR", str(home / "cache"))
         env.setenv("KERAS_HOME", str(home / "keras"))
-        process = tlkit(*args, "--epochs", "12,0", "--export", "none")
+        process = tlkit(*args, "--epochs", "12,0", "--export", "none", "--checkpoint-every", "0")
         deadline = time.time() + TIMEOUT
         while not (run / "checkpoint" / "latest").exists():
             assert process.poll() is None, finish(process)[2][-3000:]

@@ -167,7 +167,8 @@ CONTROLS = ["weights=imagenet", "image_size=64", "stage1.epochs=4", "stage1.sche
 
 def _run(out, flowers, weights_dir, cache_dir, *sets):
     recipe = override(load_recipe("quickstart"), CONTROLS + list(sets))
-    return run(recipe, out, data=str(flowers), weights_dir=str(weights_dir), cache_dir=str(cache_dir), export=False)
+    return run(recipe, out, data=str(flowers), weights_dir=str(weights_dir), cache_dir=str(cache_dir), export=False,
+               checkpoint_every=0)
 
 
 def _history(result):

@@ -26,7 +26,7 @@ from tlkit.runfolder import RunFolder
 from tlkit.serving.export import export_run
 from tlkit.session import Session, for_weights, prepare, with_data
 from tlkit.storage import write_json_atomic
-from tlkit.training.checkpoint import Checkpoints
+from tlkit.training.checkpoint import CHECKPOINT_SECONDS, Checkpoints
 from tlkit.training.distribute import place
 from tlkit.training.state import Training
 from tlkit.training.trainer import Trainer
@@ -53,13 +53,15 @@ def default_out(recipe_name: str) -> Path:
 def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir: str | None = None,
         cache_dir: str | None = None, cache_memory: float = 0.5, export: bool = True,
         export_formats: tuple[str, ...] = ("savedmodel",), strategy: str = "auto",
-        precision: str = "auto", force: bool = False) -> RunResult:
+        precision: str = "auto", force: bool = False, checkpoint_every: float = CHECKPOINT_SECONDS) -> RunResult:
     """Train a recipe end to end and write its run folder; the library entry point behind `tlkit run`.
 
     The folder has one writer: the run holds its lock throughout (a second run into it stops at once). If
     ``out`` holds an unfinished run with a checkpoint, it continues from there, provided this recipe is the one
     it saved (any difference is an error that lists them); ``force`` replaces whatever run ``out`` holds
     instead. With ``export``, the run ends with :func:`tlkit.serving.export.export_run` in ``export_formats``.
+    A checkpoint ends every stage and any epoch ``checkpoint_every`` seconds or more after the last (0: every
+    epoch).
     """
     started = time.perf_counter()
     ensure_logging()
@@ -76,7 +78,7 @@ def run(recipe: Recipe, out: str | Path, *, data: str | None = None, weights_dir
         if folder.run_file.exists():
             raise TlkitError(f"{folder.path} already holds a finished run; pass another --out (or --force to "
                              "replace it)")
-        checkpoints = Checkpoints(folder.path)
+        checkpoints = Checkpoints(folder.path, checkpoint_every)
         resume = checkpoints.load()
         if resume:
             _check_same_recipe(folder, recipe)
@@ -161,7 +163,7 @@ def _train(trainer: Trainer, folder: RunFolder, checkpoints: Checkpoints, resume
         state = (checkpoints.load() or {"state": {"global_epoch": 0}})["state"]
         _append_json(folder.interruptions_file, {
             "time": _now(), "event": "interrupted (Ctrl-C)", "epochs_done": state["global_epoch"]})
-        raise RunInterrupted(f"interrupted after {state['global_epoch']} finished epoch(s), which are saved; "
+        raise RunInterrupted(f"interrupted; the last checkpoint holds {state['global_epoch']} finished epoch(s); "
                              f"resume with: tlkit run --resume {folder.path}") from None
 
 

@@ -7,6 +7,7 @@ import click
 
 from tlkit.cli.options import flag_overrides, recipe_options
 from tlkit.errors import TlkitError
+from tlkit.training.checkpoint import CHECKPOINT_SECONDS
 from tlkit.training.distribute import PRECISIONS, STRATEGIES
 
 
@@ -50,13 +51,16 @@ def _epochs(value: str | None, stages: int) -> list[str]:
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False),
               help="Continue the unfinished run in this folder with its own recipe.json (rerunning the same "
                    "command with the same --out does too); other recipe flags are an error.")
+@click.option("--checkpoint-every", type=click.FloatRange(min=0), default=CHECKPOINT_SECONDS, show_default=True,
+              metavar="SECONDS", help="Checkpoint at the end of every stage and of an epoch this long after the "
+              "last checkpoint (0: every epoch); a kill loses at most this much training.")
 @click.option("--force", is_flag=True, help="Replace the run --out holds (finished, or unfinished with other "
               "settings) instead of stopping; only the run's own files are deleted.")
 @click.option("--export", "export_formats", default="savedmodel", show_default=True, metavar="FORMATS",
               help="Export at the end: savedmodel, tflite, onnx (comma-separated), all (those installed) or none.")
 def run_command(recipe, data, out, weights, weights_dir, epochs, batch_size, image_size, seed, assignments,
                 no_cache, cache_dir, cache_memory, path_column, label_column, image_dir, suffix, strategy,
-                precision, resume_dir, force, export_formats):
+                precision, resume_dir, checkpoint_every, force, export_formats):
     """Train RECIPE (a bundled name or a .py file) and write a run folder with the model and its export."""
     from tlkit.overrides import override
     from tlkit.recipe import load_recipe
@@ -70,8 +74,8 @@ def run_command(recipe, data, out, weights, weights_dir, epochs, batch_size, ima
             raise TlkitError("--resume takes the recipe and folder from the run; pass no RECIPE or --out")
         folder = RunFolder(resume_dir)
         if not folder.checkpoint_dir.joinpath("latest").is_file():
-            raise TlkitError(f"{folder.path} has no checkpoint to resume from (it finished, or never "
-                             "completed an epoch); start it again with tlkit run RECIPE --out DIR")
+            raise TlkitError(f"{folder.path} has no checkpoint to resume from (it finished, or was stopped before "
+                             "its first checkpoint); start it again with tlkit run RECIPE --out DIR")
         recipe, out = str(folder.recipe_file), resume_dir
     if not recipe:
         raise TlkitError("missing RECIPE: a bundled recipe name (see `tlkit recipes`) or a .py recipe file")
@@ -81,7 +85,8 @@ def run_command(recipe, data, out, weights, weights_dir, epochs, batch_size, ima
     resolved = override(resolved, sets + list(assignments))
     out = Path(out) if out else default_out(Path(recipe).stem)
     result = run(resolved, out, data=data, weights_dir=weights_dir, cache_dir=cache_dir, cache_memory=cache_memory,
-                 strategy=strategy, precision=precision, export_formats=formats, force=force)
+                 strategy=strategy, precision=precision, export_formats=formats, force=force,
+                 checkpoint_every=checkpoint_every)
     if result.export:
         click.echo(f"SavedModel: {result.export}")
     val = result.metrics["val"]

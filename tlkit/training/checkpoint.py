@@ -1,10 +1,12 @@
-"""Per-epoch checkpoints for resume: each written to a private folder, published by rename, then made current
-by an atomic rename of a pointer file, so a run killed at any instant leaves the previous or the new one, whole."""
+"""Checkpoints for resume, taken at the end of an epoch: each written to a private folder, published by rename,
+then made current by an atomic rename of a pointer file, so a run killed at any instant leaves the previous or the
+new one, whole."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,18 +24,32 @@ def _load_arrays(path: Path) -> list[np.ndarray]:
         return [data[f"arr_{i}"] for i in range(len(data.files))]
 
 
-class Checkpoints:
-    """``RUN/checkpoint/``: ``latest`` names the current ``epoch-N`` folder (state, weights, optimizer, best)."""
+CHECKPOINT_SECONDS = 10.0  # default --checkpoint-every: a kill loses at most this much training, plus an epoch
 
-    def __init__(self, run_dir: Path):
+
+class Checkpoints:
+    """``RUN/checkpoint/``: ``latest`` names the current ``epoch-N`` folder (state, weights, optimizer, best).
+    One is due at the end of every stage and of any epoch that ends ``every`` seconds or more after the last one
+    (0: every epoch): a checkpoint reads and writes every variable, which costs more than an epoch on cached
+    features."""
+
+    def __init__(self, run_dir: Path, every: float = CHECKPOINT_SECONDS):
         self.folder = Path(run_dir) / "checkpoint"
         self.pointer = self.folder / "latest"
+        self.every = every
+        self._saved_at = time.monotonic()
+        self._best_unsaved = False  # the kept weights changed since the last checkpoint
 
     def exists(self) -> bool:
         return self.pointer.is_file()
 
-    def save(self, state: TrainState, model_weights, optimizer_variables, best_weights, best_changed: bool) -> None:
-        name = f"epoch-{state.global_epoch}"
+    def due(self, stage_done: bool, best_changed: bool) -> bool:
+        """Whether the epoch just ended (``best_changed``: its weights are now the kept ones) gets a checkpoint."""
+        self._best_unsaved |= best_changed
+        return stage_done or time.monotonic() - self._saved_at >= self.every
+
+    def save(self, state: TrainState, model_weights, optimizer_variables, best_weights) -> None:
+        name, best_changed = f"epoch-{state.global_epoch}", self._best_unsaved
         previous = self._current()
         with atomic_dir(self.folder / name, replace=True) as tmp:
             _save_arrays(tmp / "model.npz", model_weights)
@@ -45,6 +61,7 @@ class Checkpoints:
                     _save_arrays(tmp / "best.npz", best_weights)
             (tmp / "state.json").write_text(json.dumps(state.to_dict(), indent=2))
         write_text_atomic(self.pointer, name)  # the commit point
+        self._saved_at, self._best_unsaved = time.monotonic(), False
         for old in self.folder.glob("epoch-*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)

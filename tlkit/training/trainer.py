@@ -1,5 +1,5 @@
 """The stages: freeze or unfreeze, then train on cached features or full images with :class:`Loop`, keep the
-best weights, stop early, checkpoint every epoch and resume."""
+best weights, stop early, checkpoint and resume."""
 from __future__ import annotations
 
 import logging
@@ -252,9 +252,9 @@ class Trainer:
                 self._finish(plan, state, report, stopped)
             state.stage_epoch, state.stage_done = stage_epoch + 1, done
             state.plateau = plateau and [plateau.wait, float(plateau.best), plateau.cooldown_counter]
-            if self.checkpoints is not None:
+            if self.checkpoints is not None and self.checkpoints.due(done, best_changed):
                 self.checkpoints.save(state, [v.numpy() for v in self.classifier.model.variables],
-                                      [v.numpy() for v in setup.optimizer.variables], self.best_weights, best_changed)
+                                      [v.numpy() for v in setup.optimizer.variables], self.best_weights)
             if done:
                 callbacks.on_train_end()
                 break
