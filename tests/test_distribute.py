@@ -105,8 +105,9 @@ def _wait_for(run_dir: Path, condition, process, timeout=300):
 
 
 def test_killed_in_each_stage_resumes_to_the_uninterrupted_result(flowers_small, weights_dir, tmp_path):
-    args = ["run", "quickstart", "--data", flowers_small, "--weights-dir", weights_dir, *QUICK, "--checkpoint-every", "0",
-            "--set", "stage1.patience=null", "--set", "stage2.patience=null", "--export", "none"]
+    args = ["run", "quickstart", "--data", flowers_small, "--weights-dir", weights_dir, *QUICK,
+            "--checkpoint-every", "0", "--set", "stage1.patience=null", "--set", "stage2.patience=null",
+            "--export", "none"]
     reference = tmp_path / "reference"
     finish(tlkit([*args, "--out", reference]))
 
