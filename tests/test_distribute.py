@@ -150,15 +150,15 @@ def test_checkpoints_come_at_stage_ends_and_after_the_interval_with_the_latest_k
 
     clock = [100.0]
     monkeypatch.setattr(checkpoint.time, "monotonic", lambda: clock[0])
-    assert checkpoint.Checkpoints(tmp_path / "every", every=0).due(stage_done=False, best_changed=False)
+    assert checkpoint.Checkpoints(tmp_path / "every", every=0).due(stage_done=False)
     saver, state = checkpoint.Checkpoints(tmp_path / "run", every=10), TrainState()
-    assert saver.due(stage_done=True, best_changed=True)  # a stage's end always
+    assert saver.due(stage_done=True)  # a stage's end always
     saver.save(state, [np.zeros(3)], [], [np.zeros(3)])
     clock[0] += 4
-    assert not saver.due(stage_done=False, best_changed=True)  # 4 s after the last: skipped, though a new best
+    assert not saver.due(stage_done=False)  # 4 s after the last: skipped
     clock[0] += 6
     state.global_epoch = 2
-    assert saver.due(stage_done=False, best_changed=False)  # 10 s after the last
+    assert saver.due(stage_done=False)  # 10 s after the last
     saver.save(state, [np.ones(3)], [], [np.ones(3)])
     saved = saver.load()
     assert saved["state"]["global_epoch"] == 2

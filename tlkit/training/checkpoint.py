@@ -38,18 +38,17 @@ class Checkpoints:
         self.pointer = self.folder / "latest"
         self.every = every
         self._saved_at = time.monotonic()
-        self._best_unsaved = False  # the kept weights changed since the last checkpoint
+        self._saved_best = None  # the kept weights the last checkpoint wrote (a new list each time they change)
 
     def exists(self) -> bool:
         return self.pointer.is_file()
 
-    def due(self, stage_done: bool, best_changed: bool) -> bool:
-        """Whether the epoch just ended (``best_changed``: its weights are now the kept ones) gets a checkpoint."""
-        self._best_unsaved |= best_changed
+    def due(self, stage_done: bool) -> bool:
+        """Whether the epoch just ended gets a checkpoint."""
         return stage_done or time.monotonic() - self._saved_at >= self.every
 
     def save(self, state: TrainState, model_weights, optimizer_variables, best_weights) -> None:
-        name, best_changed = f"epoch-{state.global_epoch}", self._best_unsaved
+        name, best_changed = f"epoch-{state.global_epoch}", best_weights is not self._saved_best
         previous = self._current()
         with atomic_dir(self.folder / name, replace=True) as tmp:
             _save_arrays(tmp / "model.npz", model_weights)
@@ -61,7 +60,7 @@ class Checkpoints:
                     _save_arrays(tmp / "best.npz", best_weights)
             (tmp / "state.json").write_text(json.dumps(state.to_dict(), indent=2))
         write_text_atomic(self.pointer, name)  # the commit point
-        self._saved_at, self._best_unsaved = time.monotonic(), False
+        self._saved_at, self._saved_best = time.monotonic(), best_weights
         for old in self.folder.glob("epoch-*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)

@@ -244,7 +244,7 @@ class Trainer:
         if plateau is not None and state.plateau:
             plateau.wait, plateau.best, plateau.cooldown_counter = state.plateau
         for stage_epoch in range(state.stage_epoch, plan.spec.epochs):
-            best_changed = self._epoch(plan, setup, callbacks, state)
+            self._epoch(plan, setup, callbacks, state)
             stopped = state.patience_ran_out(plan.spec.patience)
             done = stopped or stage_epoch + 1 == plan.spec.epochs
             report.epochs_run = stage_epoch + 1
@@ -252,16 +252,15 @@ class Trainer:
                 self._finish(plan, state, report, stopped)
             state.stage_epoch, state.stage_done = stage_epoch + 1, done
             state.plateau = plateau and [plateau.wait, float(plateau.best), plateau.cooldown_counter]
-            if self.checkpoints is not None and self.checkpoints.due(done, best_changed):
+            if self.checkpoints is not None and self.checkpoints.due(done):
                 self.checkpoints.save(state, [v.numpy() for v in self.classifier.model.variables],
                                       [v.numpy() for v in setup.optimizer.variables], self.best_weights)
             if done:
                 callbacks.on_train_end()
                 break
 
-    def _epoch(self, plan: StagePlan, setup: StageSetup, callbacks, state: TrainState) -> bool:
-        """Train and validate one epoch, record it; return whether it is the epoch kept so far (then its weights
-        are)."""
+    def _epoch(self, plan: StagePlan, setup: StageSetup, callbacks, state: TrainState) -> None:
+        """Train and validate one epoch and record it; if it is the epoch kept so far, its weights are kept."""
         started = time.perf_counter()
         callbacks.on_epoch_begin(state.global_epoch)
         train, val = self.datasets(plan, state.global_epoch)
@@ -275,7 +274,6 @@ class Trainer:
                  "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "learning_rate"), seconds)
         if best_changed:
             self.best_weights = self.classifier.model.get_weights()
-        return best_changed
 
     def _finish(self, plan: StagePlan, state: TrainState, report: StageReport, stopped: bool) -> None:
         """End a stage with the kept weights of any stage, so it never leaves a clearly worse model."""
