@@ -12,7 +12,7 @@ def _recipe(*sets):
     return override(load_recipe("quickstart"), [
         "weights=imagenet", "image_size=96", "augment.flip=none", "head.dropout=0", "batch_size=16",
         "stage1.epochs=2", "stage2.epochs=2", "stage2.learning_rate=1e-4", "stage2.unfreeze_blocks=3",
-        "stage1.min_steps=40", *sets])  # 2 passes per head epoch in both modes, cheaply
+        "stage1.min_steps=40", "refit=true", *sets])  # 2 passes per head epoch in both modes, cheaply; both refit
 
 
 def _final_weights(result):
@@ -148,7 +148,7 @@ def test_features_held_in_the_graph_give_the_batches_numpy_reads(tmp_path):
     same batches either way (order, each image's replica, labels), several tensors per image included."""
     from tlkit.data import Split
     from tlkit.storage import ArrayStore
-    from tlkit.training.datasets import epoch_order, feature_dataset
+    from tlkit.training.datasets import as_dataset, epoch_order, feature_batches
     from tlkit.training.features import CutFeatures
 
     rng = np.random.default_rng(0)
@@ -163,7 +163,8 @@ def test_features_held_in_the_graph_give_the_batches_numpy_reads(tmp_path):
     assert not read.hold(ArrayStore(tmp_path, budget_bytes=100)) and not read.tables
     order = epoch_order(len(split), recipe.seed, 3, passes=2)
     for kwargs in ({"order": order, "epoch": 3}, {}):  # training (a replica drawn per image) and validation
-        got, want = (list(feature_dataset(f, split, recipe, **kwargs).as_numpy_iterator()) for f in (held, read))
+        got, want = (list(as_dataset(feature_batches(f, split, recipe, **kwargs)).as_numpy_iterator())
+                     for f in (held, read))
         assert len(got) == len(want) == -(-len(kwargs.get("order", rows)) // 3)
         for (inputs, labels), (expected_inputs, expected_labels) in zip(got, want):
             for a, b in zip(inputs, expected_inputs):

@@ -339,10 +339,11 @@ def test_concurrent_runs_one_writer_per_folder_one_entry_per_cache_key(hostile, 
         assert stdout.strip().splitlines() == [stdout.strip()] and stdout.startswith("validation accuracy")
         assert all(line.startswith("tlkit:") for line in stderr.splitlines()), stderr  # no TensorFlow chatter
     assert (first / "split.csv").read_bytes() == (second / "split.csv").read_bytes()
-    entries = list(cache.rglob("meta.json"))  # the decoded images, and features at 2 cuts x 2 splits
-    assert len(entries) == 5 and len(list(gate.glob("*.*"))) == 2 * 5  # both computed each one...
+    # the decoded images; at 2 cuts, every image's features and the flipped copies of train's and (the refit) val's
+    entries = list(cache.rglob("meta.json"))
+    assert len(entries) == 7 and len(list(gate.glob("*.*"))) == 2 * 7  # both computed each one...
     assert not [p for p in cache.rglob("*") if p.name.startswith(".tmp-")]  # ...and one whole copy was kept
-    assert sum(err.count("another process stored the same entry first") for _, _, err in results) == 5
+    assert sum(err.count("another process stored the same entry first") for _, _, err in results) == 7
 
 
 # === What a finished run is used for: evaluate, predict, export ===

@@ -11,6 +11,7 @@ from PIL import Image
 from tlkit import load_recipe, override
 from tlkit.cli import cli
 from tlkit.lrfind import running_average, smooth, suggest, sweep
+from tlkit.training.datasets import as_dataset
 from tlkit.session import prepare
 
 
@@ -97,7 +98,7 @@ def test_sweep_trains_the_loss_run_trains_class_weights_included(shapes):
     trainer.prepare_features()
     plan = trainer.plans[0]
     setup = trainer.setup(plan)
-    x, y = next(iter(trainer.datasets(plan, 0)[0]))  # the sweep's first batch
+    x, y = next(iter(as_dataset(trainer.train_batches(plan, 0))))  # the sweep's first batch
     per_example = setup.loop.per_example_loss(y, setup.model(x)).numpy()
     assert first[0] == pytest.approx(per_example.mean(), rel=1e-4)
     assert first[1] == pytest.approx((np.where(y.numpy() == 0, 9.0, 1.0) * per_example).mean(), rel=1e-4)

@@ -11,6 +11,9 @@ from tlkit import load_recipe, override, run
 from tlkit.model import cut_index, feature_map, head_logits, pooled
 from tlkit.session import prepare
 from tlkit.training.distribute import place
+from tlkit.training.refit import refit_choice, refit_order, refit_schedule
+from tlkit.training.stage import FULL_FORWARD, StagePlan
+from tlkit.training.state import StageReport
 
 
 def _recipe(*sets):
@@ -98,6 +101,61 @@ def test_run_folder_holds_everything(pretrained_run):
     assert metrics["val"]["loss"] <= info["best"]["val_loss"] * (1 + 1e-3)
     choices = info["choices"]
     assert choices["stages"][0]["steps_per_epoch"] * 10 >= 3000  # the head's min_steps
+
+
+def test_a_run_refits_the_kept_schedule_on_train_and_val_and_says_what_its_figures_are_of(pretrained_run):
+    from tlkit.evaluation.evaluate import evaluate
+    from tlkit.evaluation.report import text_report
+    folder = pretrained_run.folder
+    info = json.loads((folder / "run.json").read_text())
+    refit, counts = info["choices"]["refit"], info["data"]["counts"]
+    assert refit["done"] and refit["why"].startswith("auto: every stage trained on cached features")
+    assert refit["train_images"] == counts["train"] + counts["val"]
+    kept = info["best"]
+    replayed = [(e["stage"], e["epochs"]) for e in refit["epochs"]]
+    assert replayed == refit_schedule([StageReport(**stage) for stage in info["stages"]])
+    assert dict(replayed)[kept["stage"]] == kept["stage_epoch"] > 0  # up to the kept epoch, in its stage
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["refit"] is True
+    assert metrics["val"]["loss"] <= kept["val_loss"] * (1 + 1e-3)  # held out: the validated model's figures
+    confidence = json.loads((folder / "confidence.json").read_text())
+    assert confidence["fit"]["fitted_on"].startswith("the validated model's predictions")
+
+    again = evaluate(folder, "val")  # the saved model trained on val: the figures say so
+    assert again.caveat.startswith("model.keras was refit on train + val")
+    assert "NOTE: model.keras was refit" in text_report(again.to_dict())
+    assert "before the refit on train + val" in (folder / "report.html").read_text()  # the run's: validated
+
+
+def test_refit_replays_the_epochs_that_led_to_the_kept_weights():
+    def stage(name, kept_stage, kept_epoch):
+        return StageReport(name, "cached", "", None, 0, 0, kept={"stage": kept_stage, "stage_epoch": kept_epoch})
+
+    head, tune, again = "1:feature_extraction", "2:fine_tune", "3:fine_tune"
+    # kept in the last stage: each stage up to the epoch the next one started from
+    assert refit_schedule([stage(head, head, 7), stage(tune, tune, 4)]) == [(head, 7), (tune, 4)]
+    # the fine-tune never came within a standard error of the head's best: its epochs are dropped
+    assert refit_schedule([stage(head, head, 7), stage(tune, head, 7)]) == [(head, 7), (tune, 0)]
+    # stage 3 started from the head's weights (stage 2 dropped) and kept its own second epoch
+    assert refit_schedule([stage(head, head, 5), stage(tune, head, 5), stage(again, again, 2)]) == [
+        (head, 5), (tune, 0), (again, 2)]
+
+    order = refit_order(40, 96, seed=1, epoch=3)  # the validated epoch's 96 examples, drawn from 40 images
+    assert len(order) == 96 and set(np.bincount(order, minlength=40)) <= {2, 3}
+    assert np.array_equal(order, refit_order(40, 96, seed=1, epoch=3))
+
+
+def test_refit_is_automatic_where_every_stage_trains_on_cached_features():
+    recipe = load_recipe("mobilenet_v2")
+
+    def plans(*modes):
+        return [StagePlan(k, spec, 0, None, mode, "") for k, (spec, mode) in enumerate(zip(recipe.stages, modes))]
+
+    assert refit_choice(recipe, plans("cached x2", "cached x2"))[0]
+    refits, why = refit_choice(recipe, plans("cached x2", FULL_FORWARD))
+    assert not refits and "refit=true refits anyway" in why
+    assert refit_choice(override(recipe, ["refit=true"]), plans("cached x2", FULL_FORWARD)) == (True, "refit=true")
+    assert refit_choice(override(recipe, ["refit=false"]), plans("cached x2", "cached x2")) == (False, "refit=false")
 
 
 def test_saved_model_answers_raw_images_like_the_keras_model(pretrained_run, shared):

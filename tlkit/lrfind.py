@@ -18,6 +18,7 @@ from tlkit.errors import TlkitError
 from tlkit.recipe import Recipe
 from tlkit.runfolder import RunFolder
 from tlkit.session import Session, prepare
+from tlkit.training.datasets import as_dataset
 from tlkit.training.stage import stage_id
 from tlkit.ui import ensure_logging
 
@@ -101,7 +102,7 @@ def sweep(session: Session, stage_number: int = 1, start: float = 1e-7, end: flo
     trainer.prepare_features()
     plan = trainer.plans[0]
     setup = trainer.setup(plan)
-    train, _ = trainer.datasets(plan, 0)
+    train = as_dataset(trainer.train_batches(plan, 0))
     saved = classifier.model.get_weights()
 
     log.info("lr-find %s (%s): %d steps from %.1e to %.1e", name, plan.mode, steps, start, end)

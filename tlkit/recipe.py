@@ -210,6 +210,10 @@ class Recipe(_Spec):
     # random base (a baseline that shows what pretraining gives)
     random_init: Literal["from_scratch", "as_recipe"] = "from_scratch"
     augment_replicas: int = Field(0, ge=0)  # cached augmented copies per image when augmentation is not just a flip
+    # after the stages: train again from the starting weights on train + val, the epochs each stage kept step for
+    # step, and keep that model (the val figures, calibration and threshold stay those of the validated model).
+    # auto: when every stage trained on cached features, where it takes seconds; true / false: always / never
+    refit: Union[Literal["auto"], bool] = "auto"
     trust: Trust = Trust()
 
     @field_validator("base")

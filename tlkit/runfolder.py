@@ -70,6 +70,12 @@ class RunFolder:
     def recipe(self) -> Recipe:
         return Recipe.from_json(self.recipe_file.read_text(), run_folder=True)
 
+    def refitted(self) -> bool:
+        """Whether model.keras was refit on train + val after the stages (run.json says so)."""
+        if not self.run_file.is_file():
+            return False
+        return bool(json.loads(self.run_file.read_text()).get("choices", {}).get("refit", {}).get("done"))
+
     def class_names(self) -> list[str]:
         return json.loads(self.classes_file.read_text())
 

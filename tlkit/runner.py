@@ -17,7 +17,7 @@ import numpy as np
 
 from tlkit.data import ImageData
 from tlkit.errors import RunInterrupted, TlkitError
-from tlkit.evaluation.confidence import fit_confidence, split_outputs
+from tlkit.evaluation.confidence import fit_confidence, refit_class_means, split_outputs
 from tlkit.evaluation.evaluate import default_split, evaluate_split
 from tlkit.evaluation.report import write_report
 from tlkit.overrides import differences
@@ -34,6 +34,9 @@ from tlkit.ui import ensure_logging
 from tlkit.weights import resolve_weights
 
 log = logging.getLogger(__name__)
+
+REFIT_CAVEAT = ("the validated model, before the refit on train + val: model.keras and the exports hold the refit "
+                "model, which trained on these images")
 
 
 @dataclass
@@ -116,26 +119,40 @@ def _finish(session: Session, folder: RunFolder, checkpoints: Checkpoints, resum
         training = _train(trainer, folder, checkpoints, resume)
     folder.write_csv(folder.history_file, training.history)
 
-    model = session.classifier.model
+    model, judged = session.classifier.model, default_split(session.data.splits)
     with _timed(timings, "predict"):  # every split once, from the cached features when the stages trained on them
         outputs = trainer.outputs() or split_outputs(model, session.data, recipe.batch_size)
     with _timed(timings, "calibrate"):
         fit_confidence(model, session.data, recipe.trust, folder, outputs, recipe.batch_size)
     with _timed(timings, "evaluate"):
-        evaluations = {name: evaluate_split(model, session.data, folder, outputs, name)
-                       for name in ("val", "test") if name in session.data.splits}
-        metrics = _metrics(evaluations)
+        caveat = REFIT_CAVEAT if trainer.refits else None
+        evaluations = {"val": evaluate_split(model, session.data, folder, outputs, "val", caveat)}
+    if judged == "val":  # of the model whose figures it shows
+        with _timed(timings, "report"):
+            write_report(evaluations["val"], folder.path)
+    refit = {"done": False, "why": trainer.refit_reason}
+    if trainer.refits:
+        with _timed(timings, "refit"):
+            refit = trainer.refit(training)
+        with _timed(timings, "predict"):
+            outputs = trainer.outputs() or split_outputs(model, session.data, recipe.batch_size)
+        with _timed(timings, "calibrate"):
+            refit_class_means(session.data, folder, outputs)
+    if judged == "test":
+        with _timed(timings, "evaluate"):
+            evaluations["test"] = evaluate_split(model, session.data, folder, outputs, "test")
+        with _timed(timings, "report"):
+            write_report(evaluations["test"], folder.path)
+    metrics = _metrics(evaluations, refit["done"])
     folder.write_json(folder.metrics_file, metrics)
     with _timed(timings, "save"):
         model.save(folder.model_file)
-    log.info("validation accuracy %.4f (loss %.4f); model saved to %s", metrics["val"]["accuracy"],
-             metrics["val"]["loss"], folder.model_file)
-    with _timed(timings, "report"):
-        write_report(evaluations[default_split(session.data.splits)], folder.path)
+    log.info("validation accuracy %.4f (loss %.4f%s); model saved to %s", metrics["val"]["accuracy"],
+             metrics["val"]["loss"], ", before the refit" if refit["done"] else "", folder.model_file)
     with _timed(timings, "export"):
         exports = export_run(folder, export_formats, model=model) if export else []
     exported = next((folder.path / e.path for e in exports if e.format == "savedmodel"), None)
-    folder.write_json(folder.run_file, _run_record(session, training, timings, started, folder, exported))
+    folder.write_json(folder.run_file, _run_record(session, training, refit, timings, started, folder, exported))
     checkpoints.remove()
     random_init = _random_init_record(session)
     return RunResult(folder.path, metrics, exported, random_init and random_init["trained"])
@@ -167,8 +184,9 @@ def _train(trainer: Trainer, folder: RunFolder, checkpoints: Checkpoints, resume
                              f"resume with: tlkit run --resume {folder.path}") from None
 
 
-def _metrics(evaluations: dict) -> dict:
-    """Accuracy, loss and image count of each evaluated split; ``accuracy`` is the test split's, else val's."""
+def _metrics(evaluations: dict, refit: bool) -> dict:
+    """Accuracy, loss and image count of each evaluated split; ``accuracy`` is the test split's, else val's;
+    ``refit``: whether the model was refit on train + val (the val figures are then those from before)."""
     metrics = {}
     for name, evaluation in evaluations.items():
         probs, labels = evaluation.probabilities, evaluation.labels
@@ -176,11 +194,12 @@ def _metrics(evaluations: dict) -> dict:
         metrics[name] = {"accuracy": float(np.mean(probs.argmax(axis=1) == labels)),
                          "loss": float(-np.mean(np.log(chosen))), "images": len(labels)}
     metrics["accuracy"] = metrics.get("test", metrics["val"])["accuracy"]
+    metrics["refit"] = refit
     return metrics
 
 
-def _run_record(session: Session, training: Training, timings: dict, started: float, folder: RunFolder,
-                exported: Path | None) -> dict:
+def _run_record(session: Session, training: Training, refit: dict, timings: dict, started: float,
+                folder: RunFolder, exported: Path | None) -> dict:
     """run.json: what the run used and did, and on what."""
     import keras
     import tensorflow as tf
@@ -200,7 +219,7 @@ def _run_record(session: Session, training: Training, timings: dict, started: fl
         "feature_seconds": round(training.feature_seconds, 2),
         "stages": [asdict(s) for s in training.stages],
         "best": training.best,
-        "choices": _choices(recipe, session.data, training),
+        "choices": _choices(recipe, session.data, training, refit),
         "cache": session.features.events,
         "interruptions": _read_json(folder.interruptions_file, []),
         "export": str(exported) if exported else None,
@@ -222,7 +241,7 @@ def _random_init_record(session: Session) -> dict | None:
             "stages": [stage.model_dump() for stage in recipe.stages]}
 
 
-def _choices(recipe: Recipe, data: ImageData, training: Training) -> dict:
+def _choices(recipe: Recipe, data: ImageData, training: Training, refit: dict) -> dict:
     """The data-size-aware choices the run made, with the figures they rest on."""
     return {
         "split": {"rule": "exact per-class quotas of the files ranked by a hash of their path",
@@ -233,6 +252,7 @@ def _choices(recipe: Recipe, data: ImageData, training: Training) -> dict:
                     "head_l2": s.l2} for s in training.stages],
         "kept": training.best,
         "kept_rule": "the latest epoch whose val_loss is within one standard error of the lowest",
+        "refit": refit,
     }
 
 

@@ -89,7 +89,9 @@ def run_command(recipe, data, out, weights, weights_dir, epochs, batch_size, ima
                  checkpoint_every=checkpoint_every)
     if result.export:
         click.echo(f"SavedModel: {result.export}")
-    val = result.metrics["val"]
+    val, test = result.metrics["val"], result.metrics.get("test")
     state = f" (RANDOM INIT, no pretrained weights: trained {result.random_init})" if result.random_init else ""
-    click.echo(f"validation accuracy {val['accuracy']:.4f} on {val['images']} images{state}; "
+    held = " before the refit on train + val" if result.metrics["refit"] else ""
+    tested = f", test accuracy {test['accuracy']:.4f} on {test['images']} images" if test else ""
+    click.echo(f"validation accuracy {val['accuracy']:.4f} on {val['images']} images{held}{tested}{state}; "
                f"run folder: {result.folder}")

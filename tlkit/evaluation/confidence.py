@@ -118,6 +118,27 @@ def selective(score: np.ndarray, correct: np.ndarray, threshold: float | None) -
 
 # === The fit ===
 
+def class_means(features: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
+    """Per class, the unit-length mean of the unit-length ``features`` of its images (zeros when it has none)."""
+    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    means = np.stack([unit[labels == c].mean(axis=0) if np.any(labels == c) else np.zeros(unit.shape[1])
+                      for c in range(classes)])
+    return means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+
+
+def refit_class_means(data: ImageData, folder: RunFolder, outputs: dict) -> None:
+    """After a refit: the record's class means from the refit model's pooled features of the train and val
+    images (``outputs``, as :func:`split_outputs` gives them); temperature, score and threshold stay those fitted
+    on the validated model's held-out predictions."""
+    confidence = Confidence.read(folder.path)
+    features = np.concatenate([outputs["train"][1], outputs["val"][1]])
+    labels = np.concatenate([data.splits["train"].labels, data.splits["val"].labels])
+    confidence.class_means = class_means(features, labels, len(data.class_names)).tolist()
+    confidence.fit["class_means"] = "the refit model's, of the train and val images"
+    confidence.fit["fitted_on"] = "the validated model's predictions of the val images, before the refit"
+    confidence.write(folder.path)
+
+
 def fit_confidence(model, data: ImageData, spec: Trust, folder: RunFolder, outputs: dict, batch_size: int = 64
                    ) -> Confidence:
     """Fit the record on ``data``'s val split (class means on its train split, AUROC against ``spec.ood`` images
@@ -125,12 +146,7 @@ def fit_confidence(model, data: ImageData, spec: Trust, folder: RunFolder, outpu
     ``outputs``: the model's logits and pooled features of the train and val splits (as :func:`split_outputs`
     gives them); ``model`` answers the ood images."""
     val = data.splits["val"]
-    _, train_features = outputs["train"]
-    unit = train_features / np.maximum(np.linalg.norm(train_features, axis=1, keepdims=True), 1e-12)
-    labels = data.splits["train"].labels
-    means = np.stack([unit[labels == c].mean(axis=0) if np.any(labels == c) else np.zeros(unit.shape[1])
-                      for c in range(len(data.class_names))])
-    means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+    means = class_means(outputs["train"][1], data.splits["train"].labels, len(data.class_names))
     logits, features = outputs["val"]
     temperature = fit_temperature(logits, val.labels)
     confidence = Confidence(temperature=temperature, unknown_label=spec.unknown_label, class_means=means.tolist())

@@ -48,6 +48,7 @@ class Evaluation:
     threshold: float | None = None  # the threshold applied (--threshold), else the confidence record's
     raw_probabilities: np.ndarray | None = None  # before calibration (a Keras model's, not an export's)
     keras: object | None = None  # the Keras model, when the predictions are its own (explanations need it)
+    caveat: str | None = None  # what the figures do not say about the model (e.g. it trained on these images)
 
     @cached_property
     def figures(self) -> dict:
@@ -94,7 +95,8 @@ class Evaluation:
 
     def to_dict(self) -> dict:
         """Everything as one JSON-ready object: what was evaluated, the figures, mistakes and skipped files."""
-        return {"model": self.model, "data": self.data, "random_init": self.random_init, **self.figures,
+        return {"model": self.model, "data": self.data, "random_init": self.random_init, "caveat": self.caveat,
+                **self.figures,
                 "misclassified": self.mistakes(), "confidence": self.trust,
                 "skipped": [{"path": str(p), "reason": r} for p, r in self.skipped]}
 
@@ -127,7 +129,8 @@ def answers_of(logits: np.ndarray, features: np.ndarray, confidence: Confidence)
             "scores": all_scores(probs, features, confidence)}
 
 
-def evaluate_split(model, data: ImageData, run: RunFolder, outputs: dict, name: str | None = None) -> Evaluation:
+def evaluate_split(model, data: ImageData, run: RunFolder, outputs: dict, name: str | None = None,
+                   caveat: str | None = None) -> Evaluation:
     """A split of the run (default: the one it is judged on), already decoded in memory, as ``tlkit run`` does,
     with the run's confidence record; ``outputs``: the model's logits and pooled features of the split (as
     :func:`~tlkit.evaluation.confidence.split_outputs` gives them)."""
@@ -138,7 +141,7 @@ def evaluate_split(model, data: ImageData, run: RunFolder, outputs: dict, name: 
     return Evaluation(str(run.path), f"{name} split", data.class_names, split.paths, split.labels,
                       answers.pop("probabilities"), list(data.skipped), run=run, report_dir=run.path,
                       images=split.images, random_init=random_init(run), confidence=confidence, keras=model,
-                      **answers)
+                      caveat=caveat, **answers)
 
 
 def evaluate(model: str | Path, data: str | Path | None = None, *, spec: Data | None = None, top_k: int = 5,
@@ -186,6 +189,9 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, spec: Data | 
     evaluation = _evaluation(str(path), description, class_names, paths, labels, ok, answers.pop("probabilities"),
                              skipped + failures, top_k, run, report_dir, pixels)
     evaluation.confidence, evaluation.keras, evaluation.threshold = confidence, keras_model, threshold
+    if name == "val" and run.refitted():
+        evaluation.caveat = ("model.keras was refit on train + val, so it trained on these images; metrics.json "
+                             "holds the held-out val figures of the model before the refit")
     evaluation.scores, evaluation.raw_probabilities = answers["scores"], answers["raw_probabilities"]
     return evaluation
 

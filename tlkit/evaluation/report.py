@@ -213,6 +213,7 @@ def text_report(result: dict) -> str:
     width = max(16, *map(len, classes))
     lines = [f"model     {result['model']}",
              *([f"RANDOM INIT, {result['random_init']}"] if result.get("random_init") else []),
+             *([f"NOTE: {result['caveat']}"] if result.get("caveat") else []),
              f"data      {result['data']}: {result['images']} images, {len(classes)} classes", "",
              f"{'accuracy':<{width}}  {result['accuracy']:.4f}",
              f"{'top-%d accuracy' % result['top_k']:<{width}}  {result['top_k_accuracy']:.4f}",
@@ -331,6 +332,7 @@ def html_page(result: dict, pictures: dict[str, Path], duplicates: list[dict] | 
              f"<p class='banner' id='random-init'>RANDOM INIT, {e(result['random_init'])}. Expect less than a "
              "pretrained base gives; with the ImageNet weights file (--weights-dir) the run starts from them.</p>"
              if result.get("random_init") else "",
+             f"<p class='banner' id='caveat'>{e(result['caveat'])}.</p>" if result.get("caveat") else "",
              f"<h1>Evaluation</h1><p>Model <code>{e(result['model'])}</code> on <code>{e(result['data'])}</code>: "
              f"{result['images']} images, {len(result['classes'])} classes.</p>",
              "<h2>Summary</h2>", html_table(["figure", "value"], summary),

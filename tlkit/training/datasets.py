@@ -3,6 +3,7 @@ of seed and epoch only (so a resumed run repeats it), inputs as float32, labels 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
@@ -59,20 +60,43 @@ def image_dataset(split, recipe: Recipe, order: np.ndarray | None = None, drop_r
                            numpy_take(lambda i: [split.images[i]], [spec]), recipe.batch_size, drop_remainder)
 
 
-def feature_dataset(features, split, recipe: Recipe, order: np.ndarray | None = None, epoch: int = 0,
+@dataclass(frozen=True)
+class HeldBatches:
+    """Batches of features held in the graph (``CutFeatures.tables``): rows ``(replica, index)`` of every table,
+    ``batch_size`` at a time, with their labels. One CPU replica gathers them inside its training loop
+    (:meth:`tlkit.training.loop.Loop.train_epoch`), since tf.data's hand-off per batch costs as much as a step of
+    a head; :meth:`dataset` gives the same batches through tf.data."""
+
+    tables: list[tf.Variable]
+    index: np.ndarray
+    replica: np.ndarray
+    labels: np.ndarray
+    batch_size: int
+    drop_remainder: bool = False
+
+    def dataset(self):
+        def take(index, replica):
+            return [tf.gather_nd(table, tf.stack([replica, index], axis=1)) for table in self.tables]
+        return indexed_dataset((self.index, self.replica), self.labels, take, self.batch_size, self.drop_remainder)
+
+
+def feature_batches(features, split, recipe: Recipe, order: np.ndarray | None = None, epoch: int = 0,
                     drop_remainder: bool = False):
-    """Batches of a split's cached features (:class:`~tlkit.training.features.CutFeatures`), gathered in the
-    graph from its tables when it has them, else through NumPy; with ``order`` (training) each image's replica
-    is drawn per epoch, up front, from seed and epoch."""
+    """Batches of a split's cached features (:class:`~tlkit.training.features.CutFeatures`): :class:`HeldBatches`
+    when it has tables, else a dataset read through NumPy; with ``order`` (training) each image's replica is drawn
+    per epoch, up front, from seed and epoch."""
     training = order is not None
     order = np.arange(len(split)) if order is None else order
     replica = (np.random.default_rng([recipe.seed, epoch, 1]).integers(features.replicas, size=len(order))
                if training else np.zeros(len(order), np.int64))
+    labels = labels_for(split.labels, recipe)[order]
     if features.tables:
-        def take(index, replica):
-            return [tf.gather_nd(table, tf.stack([replica, index], axis=1)) for table in features.tables]
-    else:
-        specs = [tf.TensorSpec((None, *a.shape[1:]), tf.float32) for a in features.shared]
-        take = numpy_take(lambda index, replica: features.take(replica, index), specs)
-    return indexed_dataset((order, replica), labels_for(split.labels, recipe)[order], take, recipe.batch_size,
-                           drop_remainder)
+        return HeldBatches(features.tables, order, replica, labels, recipe.batch_size, drop_remainder)
+    specs = [tf.TensorSpec((None, *a.shape[1:]), tf.float32) for a in features.shared]
+    take = numpy_take(lambda index, replica: features.take(replica, index), specs)
+    return indexed_dataset((order, replica), labels, take, recipe.batch_size, drop_remainder)
+
+
+def as_dataset(batches):
+    """:class:`HeldBatches` as a dataset; a dataset as it is."""
+    return batches.dataset() if isinstance(batches, HeldBatches) else batches

@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tlkit.recipe import Recipe
+from tlkit.training.datasets import HeldBatches, as_dataset
 from tlkit.training.optim import SmoothedSparseCrossentropy
 
 
@@ -45,6 +47,7 @@ class Loop:
         self.sigmoid = recipe.head.activation == "sigmoid"
         self.distributes = not _one_cpu_replica(strategy)
         self._train_epoch = tf.function(self._epoch)
+        self._train_held = None  # traced at the first HeldBatches, for tables of any length
         self._train_step = tf.function(self._step)
         self._evaluate_epoch = tf.function(self._evaluate)
 
@@ -88,11 +91,31 @@ class Loop:
         loss, _, count = self._train_step(x, y)
         return float(loss / count)
 
-    def train_epoch(self, dataset) -> dict:
-        """One epoch over ``dataset``, distributed by the strategy; one replica on the CPU that makes the batches
-        reads it as it is (distributing would only add a prefetch to the device it is already on)."""
-        batches = self.strategy.experimental_distribute_dataset(dataset) if self.distributes else dataset
-        totals = self._train_epoch(batches).numpy()
+    def _held_epoch(self, tables, index, replica, labels, batch_size):
+        """One pass over :class:`HeldBatches`, each batch gathered from the tables in the loop (as ``_epoch``)."""
+        totals = tf.zeros(3)
+        for start in tf.range(0, tf.shape(index)[0], batch_size):
+            keys = tf.stack([replica[start:start + batch_size], index[start:start + batch_size]], axis=1)
+            inputs = [tf.cast(tf.gather_nd(table, keys), tf.float32) for table in tables]
+            totals += tf.stack(self._step(tuple(inputs) if len(inputs) > 1 else inputs[0],
+                                          labels[start:start + batch_size]))
+        return totals
+
+    def train_epoch(self, batches) -> dict:
+        """One epoch over ``batches`` (a dataset or :class:`HeldBatches`), distributed by the strategy; one replica
+        on the CPU that makes the batches reads them as they are (distributing would only add a prefetch to the
+        device it is already on), and gathers held batches inside its loop."""
+        if isinstance(batches, HeldBatches) and not self.distributes:
+            args = ([table.value() for table in batches.tables], batches.index, batches.replica, batches.labels)
+            if self._train_held is None:  # any number of rows: a refit's longer tables reuse the trace
+                specs = [[tf.TensorSpec((None, None, *t.shape[2:]), t.dtype) for t in args[0]],
+                         *[tf.TensorSpec((None, *np.shape(a)[1:]), tf.as_dtype(a.dtype)) for a in args[1:]]]
+                self._train_held = tf.function(self._held_epoch, input_signature=[*specs, tf.TensorSpec((), tf.int64)])
+            totals = self._train_held(*args, np.int64(batches.batch_size)).numpy()
+        else:
+            dataset = as_dataset(batches)
+            batches = self.strategy.experimental_distribute_dataset(dataset) if self.distributes else dataset
+            totals = self._train_epoch(batches).numpy()
         return {"loss": float(totals[0] / totals[2]), "accuracy": float(totals[1] / totals[2])}
 
     def _evaluate(self, batches):

@@ -22,6 +22,7 @@ class StageReport:
     steps_per_epoch: int = 0
     passes_per_epoch: int = 1  # passes over the training set per epoch (min_steps on cached features)
     l2: float = 0.0  # the head's L2 penalty
+    kept: dict | None = None  # the run's kept epoch when the stage ended (TrainState.best): the next stage starts there
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The stages: freeze or unfreeze, then train on cached features or full images with :class:`Loop`, keep the
-best weights, stop early, checkpoint and resume."""
+best weights, stop early, checkpoint and resume; then, if the run refits, the kept schedule again on train + val."""
 from __future__ import annotations
 
 import logging
@@ -11,16 +11,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tlkit.data import ImageData
+from tlkit.data import ImageData, Split
 from tlkit.model import Classifier, set_trainable
 from tlkit.recipe import Recipe
 from tlkit.training.checkpoint import Checkpoints
-from tlkit.training.datasets import epoch_order, feature_dataset, image_dataset
+from tlkit.training.datasets import as_dataset, epoch_order, feature_batches, image_dataset
 from tlkit.training.distribute import Placement
 from tlkit.training.features import POOLED_LABEL, CutFeatures, FeatureStore, above_cut_model, choose_replicas, \
     cut_label, feature_batch, outputs_from_cut, pooled_model
 from tlkit.training.loop import Loop
 from tlkit.training.optim import current_learning_rate, make_optimizer, stage_callbacks
+from tlkit.training.refit import refit_choice, refit_order, refit_schedule
 from tlkit.training.stage import StagePlan, plan_stages
 from tlkit.training.state import StageReport, Training, TrainState
 from tlkit.training.summary import parameter_summary
@@ -35,6 +36,7 @@ class StageSetup:
     model: keras.Model
     optimizer: keras.optimizers.Optimizer
     loop: Loop
+    start: list  # the optimizer's variables as built, to start it over (a refit reuses the traced loop)
 
 
 class Trainer:
@@ -49,15 +51,22 @@ class Trainer:
         self.log_dir = log_dir  # per stage: parameter summary and TensorBoard logs; None: neither
         self.replicas = choose_replicas(recipe, classifier.augment)
         self.plans = plan_stages(recipe, classifier.base, self.replicas, len(data.splits["train"]))
+        self.refits, self.refit_reason = refit_choice(recipe, self.plans)
         self.features: dict[int, tuple[CutFeatures, CutFeatures]] = {}  # cut index -> (train, val)
         self.catalogue, self.rows = data.catalogue()  # every image in one order, and each split's rows in it
         self.shared: dict[int, list] = {}  # cut index -> unaugmented tensors of every image (catalogue order)
+        self.copies: dict[tuple[int, str], list] = {}  # (cut index, split) -> the split's augmented copies there
+        self.setups: dict[int, StageSetup] = {}  # stage index -> what trained it
+        self.initial: list | None = None  # the model's variables before any stage, where a refit starts
+        self._outputs: dict = {}  # cut index -> outputs_from_cut (traced once: it reads the model's variables)
         self.feature_seconds = 0.0
         self.best_weights: list | None = None
 
     def run(self, resume: dict | None = None) -> Training:
         """Train every stage; with ``resume`` (a loaded checkpoint) continue where it stopped."""
         state = TrainState()
+        if self.refits:
+            self.initial = [v.numpy() for v in self.classifier.model.variables]
         if resume:
             state = TrainState.from_dict(resume["state"])
             for variable, value in zip(self.classifier.model.variables, resume["model"]):
@@ -87,7 +96,7 @@ class Trainer:
         for cut in self.cached_cuts():
             model = self.feature_model(cut, lower)
             self.shared[cut] = shared = self._shared(model, cut_label(self.classifier, self.recipe, cut), lower)
-            self.features[cut] = (CutFeatures(shared, self.rows["train"], self._augmented(model, cut, lower)),
+            self.features[cut] = (CutFeatures(shared, self.rows["train"], self._augmented(model, cut, lower, "train")),
                                   CutFeatures(shared, self.rows["val"]))
             if not all([split.hold(self.store.arrays) for split in self.features[cut]]):
                 log.info("features @ %s: a copy for the graph would exceed the memory budget; batches are read "
@@ -128,7 +137,9 @@ class Trainer:
         if not all(plan.cached for plan in trained):
             return None
         cut = min(plan.cut for plan in trained)
-        forward = outputs_from_cut(self.classifier, cut)
+        if cut not in self._outputs:
+            self._outputs[cut] = outputs_from_cut(self.classifier, cut)
+        forward = self._outputs[cut]
         if forward is None:
             return None
         shared, size = self.shared[cut], self.recipe.batch_size
@@ -160,12 +171,13 @@ class Trainer:
                                             feature_batch(self.recipe.size))
         return [a[0] for a in arrays]
 
-    def _augmented(self, model, cut: int, lower: int | None) -> list[np.ndarray]:
-        """The training images' other replicas at a cut (none when there is one replica)."""
+    def _augmented(self, model, cut: int, lower: int | None, name: str) -> list[np.ndarray]:
+        """The other replicas of a split's images at a cut (none when there is one replica); kept in ``copies``
+        for the cuts above."""
         copies = self.replicas.transforms[1:]
         if not copies:
             return []
-        split, label = self.data.splits["train"], cut_label(self.classifier, self.recipe, cut)
+        split, label = self.data.splits[name], cut_label(self.classifier, self.recipe, cut)
         parts = {**self.fingerprint, "files": split.ids, "cut": label, "replicas": f"{self.replicas.name} copies"}
         if not self.recipe.augment.only_flip:
             parts["augment"] = self.recipe.augment.model_dump()
@@ -175,26 +187,32 @@ class Trainer:
                     pixels = tf.convert_to_tensor(split.images[start:start + size], tf.float32)
                     yield start, [[transform(pixels)] for transform in copies]
         else:
-            source = self.features[lower][0].extra
+            source = self.copies[lower, name]
 
             def chunks(size):
                 for start in range(0, len(split), size):
                     yield start, [[tf.convert_to_tensor(a[r, start:start + size]) for a in source]
                                   for r in range(len(copies))]
-        return self.store.load_or_compute(parts, model, chunks, len(split), len(copies),
-                                          f"train @ {label}, {len(copies)} augmented copies",
-                                          feature_batch(self.recipe.size))
+        self.copies[cut, name] = self.store.load_or_compute(parts, model, chunks, len(split), len(copies),
+                                                           f"{name} @ {label}, {len(copies)} augmented copies",
+                                                           feature_batch(self.recipe.size))
+        return self.copies[cut, name]
 
-    def datasets(self, plan: StagePlan, epoch: int):
-        """This epoch's training batches and the validation batches, of cached features or full images."""
-        train_split, val_split = self.data.splits["train"], self.data.splits["val"]
-        order = epoch_order(len(train_split), self.recipe.seed, epoch, plan.passes)
+    def train_batches(self, plan: StagePlan, epoch: int):
+        """This epoch's training batches, of cached features or full images."""
+        split = self.data.splits["train"]
+        order = epoch_order(len(split), self.recipe.seed, epoch, plan.passes)
         drop = self.placement.replicas > 1  # every replica gets a non-empty batch
         if plan.cached:
-            train_features, val_features = self.features[plan.cut]
-            return (feature_dataset(train_features, train_split, self.recipe, order, epoch, drop),
-                    feature_dataset(val_features, val_split, self.recipe))
-        return (image_dataset(train_split, self.recipe, order, drop), image_dataset(val_split, self.recipe))
+            return feature_batches(self.features[plan.cut][0], split, self.recipe, order, epoch, drop)
+        return image_dataset(split, self.recipe, order, drop)
+
+    def val_dataset(self, plan: StagePlan):
+        """The validation batches of a stage, of cached features or full images."""
+        split = self.data.splits["val"]
+        if plan.cached:
+            return as_dataset(feature_batches(self.features[plan.cut][1], split, self.recipe))
+        return image_dataset(split, self.recipe)
 
     # === A stage ===
 
@@ -214,7 +232,8 @@ class Trainer:
                     self.l2(), kernels)
         with strategy.scope():
             model.compile(optimizer, loop.per_example_loss)
-        return StageSetup(model, optimizer, loop)
+        self.setups[plan.index] = StageSetup(model, optimizer, loop, [v.numpy() for v in optimizer.variables])
+        return self.setups[plan.index]
 
     def l2(self) -> float:
         """The head's L2 penalty: ``head.l2``, or (auto) 1 / (2 x training images)."""
@@ -243,8 +262,9 @@ class Trainer:
         callbacks.on_train_begin()  # resets reduce-on-plateau, whose counters a resumed stage then restores
         if plateau is not None and state.plateau:
             plateau.wait, plateau.best, plateau.cooldown_counter = state.plateau
+        val = self.val_dataset(plan)
         for stage_epoch in range(state.stage_epoch, plan.spec.epochs):
-            self._epoch(plan, setup, callbacks, state)
+            self._epoch(plan, setup, callbacks, state, val)
             stopped = state.patience_ran_out(plan.spec.patience)
             done = stopped or stage_epoch + 1 == plan.spec.epochs
             report.epochs_run = stage_epoch + 1
@@ -259,12 +279,11 @@ class Trainer:
                 callbacks.on_train_end()
                 break
 
-    def _epoch(self, plan: StagePlan, setup: StageSetup, callbacks, state: TrainState) -> None:
+    def _epoch(self, plan: StagePlan, setup: StageSetup, callbacks, state: TrainState, val) -> None:
         """Train and validate one epoch and record it; if it is the epoch kept so far, its weights are kept."""
         started = time.perf_counter()
         callbacks.on_epoch_begin(state.global_epoch)
-        train, val = self.datasets(plan, state.global_epoch)
-        logs = setup.loop.train_epoch(train)
+        logs = setup.loop.train_epoch(self.train_batches(plan, state.global_epoch))
         logs.update({f"val_{k}": v for k, v in setup.loop.evaluate(val).items()})
         logs["learning_rate"] = current_learning_rate(setup.optimizer)
         callbacks.on_epoch_end(state.global_epoch, logs)  # TensorBoard, reduce-on-plateau
@@ -282,7 +301,74 @@ class Trainer:
                      "epochs", plan.id, state.wait)
         if self.best_weights is not None:
             self.classifier.model.set_weights(self.best_weights)
-        report.seconds = state.stage_seconds(plan.id)
+        report.seconds, report.kept = state.stage_seconds(plan.id), dict(state.best) if state.best else None
         log.info("%s: kept epoch %d of the run (%s, val_loss %.4f, val_accuracy %.4f)", plan.id, state.best["epoch"],
                  state.best["stage"], state.best["val_loss"], state.best["val_accuracy"])
         state.stages.append(asdict(report))
+
+    # === Refit ===
+
+    def refit(self, training: Training) -> dict:
+        """Train again from the starting weights on train + val: each stage the epochs :func:`refit_schedule`
+        gives it, each epoch the optimizer steps of the validated one (and its learning rate under a plateau
+        schedule), nothing validated. Returns what it did (run.json's ``choices["refit"]``)."""
+        started = time.perf_counter()
+        train, val = self.data.splits["train"], self.data.splits["val"]
+        both = Split([*train.paths, *val.paths], np.concatenate([train.labels, val.labels]))
+        schedule = refit_schedule(training.stages)
+        log.info("refit on train + val (%d images, %s): %s", len(both), self.refit_reason,
+                 ", ".join(f"{name} {epochs} epoch(s)" for name, epochs in schedule))
+        for variable, value in zip(self.classifier.model.variables, self.initial):
+            variable.assign(value)
+        features = self._refit_features()
+        plans, epoch, logs = {plan.id: plan for plan in self.plans}, 0, {}
+        for name, epochs in schedule:
+            plan = plans[name]
+            setup = self._start_over(plan) if epochs else None
+            rates = [row["learning_rate"] for row in training.history if row["stage"] == name]
+            examples, drop = plan.passes * len(train), self.placement.replicas > 1
+            for stage_epoch in range(epochs):
+                epoch_started = time.perf_counter()
+                if plan.spec.schedule == "plateau":
+                    setup.optimizer.learning_rate = rates[stage_epoch]
+                order = refit_order(len(both), examples, self.recipe.seed, epoch)
+                dataset = (feature_batches(features[plan.cut], both, self.recipe, order, epoch, drop) if plan.cached
+                           else image_dataset(self._with_images(both), self.recipe, order, drop))
+                logs = setup.loop.train_epoch(dataset)
+                epoch += 1
+                log.info("refit %s epoch %d/%d  loss %.4f  accuracy %.4f  (%.1fs)", name, stage_epoch + 1, epochs,
+                         logs["loss"], logs["accuracy"], time.perf_counter() - epoch_started)
+        return {"done": True, "why": self.refit_reason, "train_images": len(both),
+                "epochs": [{"stage": name, "epochs": epochs} for name, epochs in schedule],
+                "final_loss": logs.get("loss"), "final_accuracy": logs.get("accuracy"),
+                "seconds": round(time.perf_counter() - started, 2)}
+
+    def _refit_features(self) -> dict[int, CutFeatures]:
+        """Each cached cut's features of train + val: the rows of both in the shared tensors, the training
+        images' augmented copies and the validation images' (computed now)."""
+        features, lower = {}, None
+        for cut in self.cached_cuts():
+            train = self.features[cut][0]
+            copies = self._augmented(self.feature_model(cut, lower), cut, lower, "val")
+            features[cut] = CutFeatures(train.shared, np.concatenate([train.rows, self.rows["val"]]),
+                                        [np.concatenate(pair, axis=1) for pair in zip(train.extra, copies)])
+            features[cut].hold(self.store.arrays)
+            lower = cut
+        return features
+
+    def _with_images(self, both: Split) -> Split:
+        """``both`` with the pixels of train then val (copied once)."""
+        if both.images is None:
+            both.images = np.concatenate([self.data.splits["train"].images, self.data.splits["val"].images])
+        return both
+
+    def _start_over(self, plan: StagePlan) -> StageSetup:
+        """The stage's setup with its optimizer as built and the stage's layers trainable: the validated run's
+        (its traced loop serves batches of the same shapes), or a new one after a resume."""
+        setup = self.setups.get(plan.index)
+        if setup is None:
+            return self.setup(plan)
+        set_trainable(self.classifier, self.recipe, plan.spec)
+        for variable, value in zip(setup.optimizer.variables, setup.start):
+            variable.assign(value)
+        return setup
