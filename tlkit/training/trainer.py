@@ -314,14 +314,16 @@ class Trainer:
         schedule), nothing validated. Returns what it did (run.json's ``choices["refit"]``)."""
         started = time.perf_counter()
         train, val = self.data.splits["train"], self.data.splits["val"]
-        both = Split([*train.paths, *val.paths], np.concatenate([train.labels, val.labels]))
-        schedule = refit_schedule(training.stages)
+        schedule, plans = refit_schedule(training.stages), {plan.id: plan for plan in self.plans}
+        full_images = any(epochs and not plans[name].cached for name, epochs in schedule)
+        both = Split([*train.paths, *val.paths], np.concatenate([train.labels, val.labels]),
+                     np.concatenate([train.images, val.images]) if full_images else None)
         log.info("refit on train + val (%d images, %s): %s", len(both), self.refit_reason,
                  ", ".join(f"{name} {epochs} epoch(s)" for name, epochs in schedule))
         for variable, value in zip(self.classifier.model.variables, self.initial):
             variable.assign(value)
         features = self._refit_features()
-        plans, epoch, logs = {plan.id: plan for plan in self.plans}, 0, {}
+        epoch, logs = 0, {}
         for name, epochs in schedule:
             plan = plans[name]
             setup = self._start_over(plan) if epochs else None
@@ -333,7 +335,7 @@ class Trainer:
                     setup.optimizer.learning_rate = rates[stage_epoch]
                 order = refit_order(len(both), examples, self.recipe.seed, epoch)
                 dataset = (feature_batches(features[plan.cut], both, self.recipe, order, epoch, drop) if plan.cached
-                           else image_dataset(self._with_images(both), self.recipe, order, drop))
+                           else image_dataset(both, self.recipe, order, drop))
                 logs = setup.loop.train_epoch(dataset)
                 epoch += 1
                 log.info("refit %s epoch %d/%d  loss %.4f  accuracy %.4f  (%.1fs)", name, stage_epoch + 1, epochs,
@@ -355,12 +357,6 @@ class Trainer:
             features[cut].hold(self.store.arrays)
             lower = cut
         return features
-
-    def _with_images(self, both: Split) -> Split:
-        """``both`` with the pixels of train then val (copied once)."""
-        if both.images is None:
-            both.images = np.concatenate([self.data.splits["train"].images, self.data.splits["val"].images])
-        return both
 
     def _start_over(self, plan: StagePlan) -> StageSetup:
         """The stage's setup with its optimizer as built and the stage's layers trainable: the validated run's
