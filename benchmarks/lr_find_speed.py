@@ -27,7 +27,7 @@ def sweep(args, work: Path, cache: str, *extra) -> dict:
     command = [sys.executable, "-m", "tlkit.cli", "lr-find", "quickstart", "--data", args.data, "--out", str(out),
                "--weights", "imagenet", "--weights-dir", str(SHARED / "weights"), "--image-size",
                str(args.image_size), "--stage", str(args.stage), "--steps", str(args.steps),
-               "--cache-dir", str(work / cache), *extra]
+               "--cache-dir", str(work / cache), "--set", "augment.flip=horizontal", *extra]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     if done.returncode:

@@ -321,7 +321,8 @@ def test_concurrent_runs_one_writer_per_folder_one_entry_per_cache_key(hostile, 
     gate, cache = tmp_path / "gate", tmp_path / "cache"
     gate.mkdir()
     first, second = tmp_path / "first", tmp_path / "second"
-    args = ["run", "quickstart", "--data", str(hostile), *CHEAP, "--epochs", "1", "--export", "none"]
+    args = ["run", "quickstart", "--data", str(hostile), *CHEAP, "--epochs", "1", "--export", "none",
+            "--set", "augment.flip=horizontal"]  # flipped copies: more entries to race on
     env = {"TLKIT_CACHE_DIR": str(cache), "TLKIT_TEST_GATE": str(gate)}
     processes = [tlkit(*args, "--out", out, script=HOLD, env=env) for out in (first, second)]
     deadline = time.time() + TIMEOUT

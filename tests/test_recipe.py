@@ -32,12 +32,12 @@ def test_cli_lists_every_bundled_recipe_with_its_description():
 def test_override_parses_types_and_nested_keys():
     recipe = override(load_recipe("quickstart"), [
         "head.dropout=0.5", "stage2.learning_rate=3e-5", "head.hidden=64,32", "cache=false",
-        "augment.flip=none", "stage2.unfreeze_blocks=2"])
+        "augment.flip=vertical", "stage2.unfreeze_blocks=2"])
     assert recipe.head.dropout == 0.5
     assert recipe.stages[1].learning_rate == 3e-5
     assert recipe.head.hidden == (64, 32)
     assert recipe.cache is False
-    assert recipe.augment.flip is None
+    assert recipe.augment.flip == "vertical"
     assert recipe.stages[0].learning_rate == load_recipe("quickstart").stages[0].learning_rate
 
 
