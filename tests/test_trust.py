@@ -11,7 +11,9 @@ from PIL import Image
 
 from tlkit.backbones import BACKBONES
 from tlkit.cli import cli
+from tlkit.evaluation.confidence import threshold_for
 from tlkit.evaluation.report import text_report
+from tlkit.recipe import Trust
 
 KEPT, HELD_BACK = ("daisy", "sunflower", "tulip"), ("dandelion", "rose")
 
@@ -110,6 +112,16 @@ def test_evaluate_threshold_overrides_the_runs(trusted, tmp_path):
     assert (f"unknown below 2 on class_mean_similarity (--threshold): {strict['unknown']} unknown, 0.0% answered"
             in text_report(result))
     assert json.loads((tmp_path / "evaluation.json").read_text())["confidence"]["threshold"] == 2
+
+
+def test_the_threshold_lies_between_validation_scores_so_no_image_sits_on_it():
+    score = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    correct = np.array([1, 1, 1, 0, 1, 0], bool)
+    # a drop of 0.2 lets one of six correct answers turn unknown (the one at 0.5): answered from 0.7, 0.6 not
+    assert threshold_for(score, correct, Trust(max_accuracy_drop=0.2)) == pytest.approx(0.65)
+    assert threshold_for(score, correct, Trust(max_accuracy_drop=0.0)) == pytest.approx(0.45)  # all correct answered
+    assert threshold_for(score, correct, Trust(coverage=0.5)) == pytest.approx(0.65)
+    assert threshold_for(score, correct, Trust(coverage=1.0)) == 0.4  # nothing lower: the lowest score itself
 
 
 def test_the_export_has_a_model_card(trusted):

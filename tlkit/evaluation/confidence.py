@@ -89,13 +89,19 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float | None:
 def threshold_for(score: np.ndarray, correct: np.ndarray, spec: Trust) -> float | None:
     """The threshold the target asks for: with ``coverage``, the score that answers that fraction of the images;
     otherwise the highest one whose accuracy (unknown counted wrong) stays within ``max_accuracy_drop`` of always
-    answering. None when nothing can be answered."""
+    answering. None when nothing can be answered. It lies halfway to the next lower score, so that no image sits
+    on it and float differences between artefacts (TFLite, ONNX) cannot flip an answer the validation counted."""
     if spec.coverage is not None:
         ranked = np.sort(score)[::-1]
-        return float(ranked[max(0, math.ceil(spec.coverage * len(ranked)) - 1)]) if len(ranked) else None
+        return _below(score, ranked[max(0, math.ceil(spec.coverage * len(ranked)) - 1)]) if len(ranked) else None
     kept = np.sort(score[correct])
     allowed = int(math.floor(spec.max_accuracy_drop * len(score) + 1e-9))  # correct answers it may turn unknown
-    return float(kept[allowed]) if allowed < len(kept) else None
+    return _below(score, kept[allowed]) if allowed < len(kept) else None
+
+
+def _below(score: np.ndarray, lowest_answered: float) -> float:
+    lower = score[score < lowest_answered]
+    return float((lowest_answered + lower.max()) / 2 if len(lower) else lowest_answered)
 
 
 def coverage_curve(score: np.ndarray, correct: np.ndarray, points: int = CURVE_POINTS) -> list[dict]:
