@@ -41,7 +41,7 @@ def test_lr_find_on_real_photos_suggests_a_swept_rate_and_plots_it(flowers_small
     match = re.search(r"suggested learning rate (\S+) \(rule: minimum of the smoothed loss / 10\)", result.output)
     suggested = float(match.group(1))
     info = json.loads((out / "lr_find.json").read_text())
-    assert info["stage"] == "1:feature_extraction" and info["mode"] == "cached x2"
+    assert info["stage"] == "1:feature_extraction" and info["mode"] == "cached"
     with open(out / "lr_find.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     rates = [float(r["learning_rate"]) for r in rows]

@@ -87,7 +87,7 @@ def test_run_folder_holds_everything(pretrained_run):
     history = (folder / "history.csv").read_text().splitlines()
     assert history[0].startswith("stage,epoch,") and any(row.startswith("2:fine_tune") for row in history[1:])
     info = json.loads((folder / "run.json").read_text())
-    assert [s["mode"] for s in info["stages"]] == ["cached x2", "cached x2"]
+    assert [s["mode"] for s in info["stages"]] == ["cached", "cached"]  # one copy per image: no flip
     assert info["weights"]["loaded"].endswith("0.35_224_no_top.h5")
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["accuracy"] == pretrained_run.metrics["val"]["accuracy"]
