@@ -117,7 +117,7 @@ def test_evaluate_threshold_overrides_the_runs(trusted, tmp_path):
 def test_the_threshold_lies_between_validation_scores_so_no_image_sits_on_it():
     score = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
     correct = np.array([1, 1, 1, 0, 1, 0], bool)
-    # a drop of 0.2 lets one of six correct answers turn unknown (the one at 0.5): answered from 0.7, 0.6 not
+    # a drop of 0.2 of six images lets one correct answer turn unknown (the one at 0.5): answered from 0.7, not 0.6
     assert threshold_for(score, correct, Trust(max_accuracy_drop=0.2)) == pytest.approx(0.65)
     assert threshold_for(score, correct, Trust(max_accuracy_drop=0.0)) == pytest.approx(0.45)  # all correct answered
     assert threshold_for(score, correct, Trust(coverage=0.5)) == pytest.approx(0.65)

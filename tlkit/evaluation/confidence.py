@@ -93,13 +93,13 @@ def threshold_for(score: np.ndarray, correct: np.ndarray, spec: Trust) -> float 
     on it and float differences between artefacts (TFLite, ONNX) cannot flip an answer the validation counted."""
     if spec.coverage is not None:
         ranked = np.sort(score)[::-1]
-        return _below(score, ranked[max(0, math.ceil(spec.coverage * len(ranked)) - 1)]) if len(ranked) else None
+        return _halfway_below(score, ranked[max(0, math.ceil(spec.coverage * len(ranked)) - 1)]) if len(ranked) else None
     kept = np.sort(score[correct])
     allowed = int(math.floor(spec.max_accuracy_drop * len(score) + 1e-9))  # correct answers it may turn unknown
-    return _below(score, kept[allowed]) if allowed < len(kept) else None
+    return _halfway_below(score, kept[allowed]) if allowed < len(kept) else None
 
 
-def _below(score: np.ndarray, lowest_answered: float) -> float:
+def _halfway_below(score: np.ndarray, lowest_answered: float) -> float:
     lower = score[score < lowest_answered]
     return float((lowest_answered + lower.max()) / 2 if len(lower) else lowest_answered)
 
