@@ -92,8 +92,10 @@ def threshold_for(score: np.ndarray, correct: np.ndarray, spec: Trust) -> float 
     answering. None when nothing can be answered. It lies halfway to the next lower score, so that no image sits
     on it and float differences between artefacts (TFLite, ONNX) cannot flip an answer the validation counted."""
     if spec.coverage is not None:
+        if not len(score):
+            return None
         ranked = np.sort(score)[::-1]
-        return _halfway_below(score, ranked[max(0, math.ceil(spec.coverage * len(ranked)) - 1)]) if len(ranked) else None
+        return _halfway_below(score, ranked[max(0, math.ceil(spec.coverage * len(ranked)) - 1)])
     kept = np.sort(score[correct])
     allowed = int(math.floor(spec.max_accuracy_drop * len(score) + 1e-9))  # correct answers it may turn unknown
     return _halfway_below(score, kept[allowed]) if allowed < len(kept) else None
