@@ -250,6 +250,7 @@ def _choices(recipe: Recipe, data: ImageData, training: Training, refit: dict) -
         "stages": [{"stage": s.name, "train_images": len(data.splits["train"]), "epochs_run": s.epochs_run,
                     "steps_per_epoch": s.steps_per_epoch, "passes_per_epoch": s.passes_per_epoch,
                     "head_l2": s.l2} for s in training.stages],
+        "head_l2": training.head_l2,
         "kept": training.best,
         "kept_rule": "the latest epoch whose val_loss is within one standard error of the lowest",
         "refit": refit,

@@ -96,3 +96,4 @@ class Training:
     stages: list[StageReport] = field(default_factory=list)
     best: dict | None = None
     feature_seconds: float = 0.0
+    head_l2: dict | None = None  # the head's L2 penalty as head.l2=auto chose it (Trainer.choose_l2)

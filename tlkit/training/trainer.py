@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from tlkit.data import ImageData, Split
 from tlkit.model import Classifier, set_trainable
-from tlkit.recipe import Recipe
+from tlkit.recipe import FeatureExtraction, Recipe
 from tlkit.training.checkpoint import Checkpoints
 from tlkit.training.datasets import as_dataset, epoch_order, feature_batches, image_dataset
 from tlkit.training.distribute import Placement
@@ -22,6 +22,7 @@ from tlkit.training.features import POOLED_LABEL, CutFeatures, FeatureStore, abo
 from tlkit.training.loop import Loop
 from tlkit.training.optim import current_learning_rate, make_optimizer, stage_callbacks
 from tlkit.training.refit import refit_choice, refit_order, refit_schedule
+from tlkit.training.regularization import choose_l2
 from tlkit.training.stage import StagePlan, plan_stages
 from tlkit.training.state import StageReport, Training, TrainState
 from tlkit.training.summary import parameter_summary
@@ -61,6 +62,7 @@ class Trainer:
         self._outputs: dict = {}  # cut index -> outputs_from_cut (traced once: it reads the model's variables)
         self.feature_seconds = 0.0
         self.best_weights: list | None = None
+        self.l2_choice: dict | None = None  # the head's L2 penalty and why (run.json choices["head_l2"])
 
     def run(self, resume: dict | None = None) -> Training:
         """Train every stage; with ``resume`` (a loaded checkpoint) continue where it stopped."""
@@ -82,7 +84,8 @@ class Trainer:
             if not resuming:
                 state.start_stage(plan.index)
             self._run_stage(plan, state, resume["optimizer"] if resuming else None)
-        return Training(state.history, [StageReport(**s) for s in state.stages], state.best, self.feature_seconds)
+        return Training(state.history, [StageReport(**s) for s in state.stages], state.best, self.feature_seconds,
+                        self.l2_choice)
 
     # === Features ===
 
@@ -236,9 +239,50 @@ class Trainer:
         return self.setups[plan.index]
 
     def l2(self) -> float:
-        """The head's L2 penalty: ``head.l2``, or (auto) 1 / (2 x training images)."""
-        spec = self.recipe.head.l2
-        return 1 / (2 * len(self.data.splits["train"])) if spec == "auto" else float(spec)
+        """The head's L2 penalty on its kernels: ``head.l2``, or (auto) the one :meth:`choose_l2` chose."""
+        if self.l2_choice is None:
+            spec = self.recipe.head.l2
+            self.l2_choice = self.choose_l2() if spec == "auto" else {"rule": f"head.l2={spec}", "l2": float(spec)}
+        return self.l2_choice["l2"]
+
+    def choose_l2(self) -> dict:
+        """head.l2=auto: when a linear head on average-pooled features trains first, with Adam, the strength
+        cross-validated on the training images' pooled features (:func:`~tlkit.training.regularization.choose_l2`;
+        cached or not, the same); otherwise 1 / (2 x training images), scikit-learn's default (C=1). Returns the
+        choice and why."""
+        images, plan = len(self.data.splits["train"]), next((p for p in self.plans if p.spec.epochs), None)
+        why = self._no_cross_validation(plan)
+        if why is None:
+            weights = self.data.class_weight_by_id()
+            log.info("head L2: cross-validating the head on %d training images' pooled features", images)
+            choice = choose_l2(self.pooled_features()[self.rows["train"]], self.data.splits["train"].labels,
+                               len(self.data.class_names), sigmoid=self.recipe.head.activation == "sigmoid",
+                               dropout=self.recipe.head.dropout, steps=plan.steps_per_epoch * plan.spec.epochs,
+                               batch_size=self.recipe.batch_size * self.placement.replicas,
+                               learning_rate=plan.spec.learning_rate, seed=self.recipe.seed,
+                               class_weight=None if weights is None else [weights[i] for i in range(len(weights))])
+            if choice is not None:
+                log.info("head L2: C=%g (held-out accuracy %.3f; C=1 %.3f), L2 %.2g, in %.1fs", choice.c,
+                         choice.heldout_accuracy[choice.c], choice.heldout_accuracy[1.0], choice.l2(images),
+                         choice.seconds)
+                return choice.record(images)
+            why = "a class has fewer than 2 training images, too few to hold any out"
+        log.info("head L2: 1 / (2 x %d training images): %s", images, why)
+        return {"rule": "1 / (2 x training images), scikit-learn's default strength (C=1)", "c": 1.0,
+                "l2": 1 / (2 * images), "images": images, "why": f"not cross-validated: {why}"}
+
+    def _no_cross_validation(self, plan: StagePlan | None) -> str | None:
+        """Why the head's L2 cannot be cross-validated on pooled features (None: it can)."""
+        head = self.recipe.head
+        if head.hidden:
+            return "the head has hidden layers"
+        if head.pooling != "avg":
+            return f"the head pools with {head.pooling}; the cross-validation takes average-pooled features"
+        if plan is None or not isinstance(plan.spec, FeatureExtraction):
+            return "the first stage to train is not a head stage"
+        if plan.spec.optimizer != "adam":
+            return f"the head stage's optimizer is {plan.spec.optimizer}, and the cross-validation trains with adam"
+        return None
 
     def _run_stage(self, plan: StagePlan, state: TrainState, optimizer_values: list | None) -> None:
         setup = self.setup(plan)
