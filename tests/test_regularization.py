@@ -6,7 +6,7 @@ import pytest
 from tlkit import load_recipe, override
 from tlkit.session import prepare
 from tlkit.training.distribute import place
-from tlkit.training.regularization import STRENGTHS, choose_l2, pick, stratified_folds
+from tlkit.training.regularization import MAX_STEPS, STRENGTHS, choose_l2, pick, stratified_folds
 
 OPTIONS = {"dropout": 0.2, "steps": 600, "batch_size": 32, "learning_rate": 1e-3, "seed": 0}
 
@@ -39,11 +39,11 @@ def test_the_held_out_figures_favour_a_strong_penalty_on_noise_and_a_weaker_one_
     assert np.argmin(losses) == 0 and losses[0] < np.log(2) + 0.1  # nearly a flat head
     assert losses[-1] > losses[0] + 0.3  # a weak penalty fits the noise
 
-    signal = choose_l2(*_blobs(30, 3, separation=12.0), 3, sigmoid=False, **{**OPTIONS, "steps": 3000})
+    signal = choose_l2(*_blobs(30, 3, separation=12.0), 3, sigmoid=False, **{**OPTIONS, "steps": 5000})
     accuracy, loss = (np.array(list(figures.values())) for figures in (signal.heldout_accuracy, signal.heldout_loss))
     assert signal.c == STRENGTHS[pick(accuracy, loss)] > STRENGTHS[0] and signal.heldout_accuracy[signal.c] == 1.0
     assert loss.min() < 0.1 < loss[0]  # the strongest penalty keeps the head from confident answers
-    assert signal.folds == 5 and signal.images == 90
+    assert (signal.folds, signal.images, signal.steps) == (5, 90, MAX_STEPS)  # steps capped
     record = signal.record(72)
     assert record["l2"] == pytest.approx(1 / (2 * signal.c * 72)) and len(record["heldout_loss"]) == len(STRENGTHS)
 
@@ -67,7 +67,8 @@ def test_class_weights_and_too_few_images():
     assert choose_l2(features, labels, 2, sigmoid=False, **OPTIONS) is None
 
 
-def test_a_run_cross_validates_a_linear_head_on_average_pooled_features_when_it_trains_first(weights_dir, tmp_path):
+def test_a_run_cross_validates_a_linear_head_on_average_pooled_features_when_it_trains_first(weights_dir, tmp_path,
+                                                                                             monkeypatch):
     recipe = override(load_recipe("quickstart"), ["weights=imagenet", "image_size=64", "stage1.epochs=2",
                                                   "stage1.min_steps=100"])
     session = prepare(recipe, weights_dir=str(weights_dir), cache_dir=tmp_path, placement=place("cpu", "float32"))
@@ -91,3 +92,6 @@ def test_a_run_cross_validates_a_linear_head_on_average_pooled_features_when_it_
         l2, chosen = choice(*sets)
         assert l2 == chosen["l2"] == 1 / (2 * train_images) and chosen["c"] == 1.0, sets
         assert chosen["why"].startswith(f"not cross-validated: {why}"), sets
+    monkeypatch.setattr("tlkit.training.trainer.MAX_WEIGHTS", 1000)
+    assert choice()[1]["why"] == ("not cross-validated: its copies of the head (3 classes x 1280 channels) would "
+                                  "hold 134,400 weights, over 1,000")

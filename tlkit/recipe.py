@@ -51,8 +51,8 @@ class Head(_Spec):
     hidden: tuple[Annotated[int, Field(gt=0)], ...] = ()
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     activation: Literal["softmax", "sigmoid"] = "softmax"  # sigmoid: one unit, two classes only
-    # L2 penalty on the head's kernels, added to the mean loss; auto: 1 / (2 x training images), the strength
-    # of scikit-learn's LogisticRegression default (C=1); 0 turns it off
+    # L2 penalty on the head's kernels, added to the mean loss; auto: cross-validated on the training images'
+    # pooled features (tlkit.training.regularization), else 1 / (2 x training images), scikit-learn's C=1
     l2: Union[Literal["auto"], Annotated[float, Field(ge=0.0)]] = "auto"
 
 

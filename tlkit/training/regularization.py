@@ -14,6 +14,13 @@ import tensorflow as tf
 # 1 / (2 C n); C=1 is scikit-learn's default and tlkit's rule without cross-validation
 STRENGTHS = tuple(float(c) for c in np.round(10.0 ** np.arange(-2.0, 1.01, 0.5), 4))
 FOLDS = 5
+MAX_STEPS = 3000  # the copies train at most this many steps (the head stage's min_steps by default)
+MAX_WEIGHTS = 2**25  # beyond this many weights in all copies together (128 MB), no cross-validation
+
+
+def copies_weights(channels: int, outputs: int) -> int:
+    """How many weights the side-by-side copies of a head ``channels -> outputs`` hold."""
+    return channels * FOLDS * len(STRENGTHS) * outputs
 
 
 @dataclass(frozen=True)
@@ -23,6 +30,7 @@ class L2Choice:
     c: float
     folds: int
     images: int  # the images cross-validated
+    steps: int  # the optimizer steps each copy trained
     heldout_accuracy: dict[float, float]
     heldout_loss: dict[float, float]
     seconds: float
@@ -35,7 +43,8 @@ class L2Choice:
         """What run.json keeps of the choice."""
         return {"rule": f"{self.folds}-fold cross-validation of the head on the training images' pooled features: "
                         "the highest held-out accuracy, ties to the lowest held-out cross-entropy",
-                "c": self.c, "l2": self.l2(images), "images": self.images, "seconds": round(self.seconds, 2),
+                "c": self.c, "l2": self.l2(images), "images": self.images, "steps": self.steps,
+                "seconds": round(self.seconds, 2),
                 "heldout_accuracy": {str(c): round(v, 4) for c, v in self.heldout_accuracy.items()},
                 "heldout_loss": {str(c): round(v, 4) for c, v in self.heldout_loss.items()}}
 
@@ -61,8 +70,10 @@ def choose_l2(features: np.ndarray, labels: np.ndarray, classes: int, *, sigmoid
               class_weight: np.ndarray | None = None) -> L2Choice | None:
     """Cross-validate the linear head ``(images, channels) -> classes`` over :data:`STRENGTHS`; None when the
     smallest class has fewer than 2 images, too few to hold any out. Every step draws one batch of all images
-    (shuffled passes, as the head stage's epochs do); each head learns from the part of it outside its fold."""
+    (shuffled passes, as the head stage's epochs do); each head learns from the part of it outside its fold.
+    ``steps`` beyond :data:`MAX_STEPS` are cut to it."""
     started = time.perf_counter()
+    steps = min(steps, MAX_STEPS)
     folds = min(FOLDS, int(np.bincount(labels, minlength=classes).min()))
     if folds < 2:
         return None
@@ -73,12 +84,12 @@ def choose_l2(features: np.ndarray, labels: np.ndarray, classes: int, *, sigmoid
     images_per_fold = np.bincount(fold, minlength=folds)
     penalty = 1 / (2 * np.array(STRENGTHS)[None, :] * (len(labels) - images_per_fold)[:, None])  # (folds, C)
     weight = np.ones(classes) if class_weight is None else np.asarray(class_weight)
-    x = tf.constant(features, tf.float32)
+    features = np.asarray(features, np.float32)
     outputs = 1 if sigmoid else classes
     heads = folds * len(STRENGTHS) * outputs
     kernel, bias = (tf.Variable(tf.zeros(shape)) for shape in ([features.shape[1], heads], [heads]))
     moments = [tf.Variable(tf.zeros_like(v)) for v in (kernel, kernel, bias, bias)]
-    _train(kernel, bias, moments, x, tf.constant(labels, tf.int32), tf.constant(fold, tf.int32),
+    _train(kernel, bias, moments, tf.constant(features), tf.constant(labels, tf.int32), tf.constant(fold, tf.int32),
            tf.constant(batches.reshape(steps, batch_size), tf.int32), tf.constant(penalty, tf.float32),
            tf.constant(weight, tf.float32), outputs=outputs, dropout=dropout, learning_rate=learning_rate, seed=seed)
     kernel, bias = kernel.numpy(), bias.numpy()
@@ -88,7 +99,7 @@ def choose_l2(features: np.ndarray, labels: np.ndarray, classes: int, *, sigmoid
     predicted = logits[own][..., 0] > 0 if sigmoid else logits[own].argmax(axis=-1)
     accuracy = (predicted == labels[:, None]).mean(axis=0)
     best = pick(accuracy, loss)
-    return L2Choice(STRENGTHS[best], folds, len(labels), dict(zip(STRENGTHS, accuracy.tolist())),
+    return L2Choice(STRENGTHS[best], folds, len(labels), steps, dict(zip(STRENGTHS, accuracy.tolist())),
                     dict(zip(STRENGTHS, loss.tolist())), time.perf_counter() - started)
 
 

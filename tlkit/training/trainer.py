@@ -22,7 +22,7 @@ from tlkit.training.features import POOLED_LABEL, CutFeatures, FeatureStore, abo
 from tlkit.training.loop import Loop
 from tlkit.training.optim import current_learning_rate, make_optimizer, stage_callbacks
 from tlkit.training.refit import refit_choice, refit_order, refit_schedule
-from tlkit.training.regularization import choose_l2
+from tlkit.training.regularization import MAX_WEIGHTS, choose_l2, copies_weights
 from tlkit.training.stage import StagePlan, plan_stages
 from tlkit.training.state import StageReport, Training, TrainState
 from tlkit.training.summary import parameter_summary
@@ -282,6 +282,11 @@ class Trainer:
             return "the first stage to train is not a head stage"
         if plan.spec.optimizer != "adam":
             return f"the head stage's optimizer is {plan.spec.optimizer}, and the cross-validation trains with adam"
+        channels, classes = self.classifier.base.output.shape[-1], len(self.data.class_names)
+        weights = copies_weights(channels, 1 if head.activation == "sigmoid" else classes)
+        if weights > MAX_WEIGHTS:
+            return (f"its copies of the head ({classes} classes x {channels} channels) would hold {weights:,} "
+                    f"weights, over {MAX_WEIGHTS:,}")
         return None
 
     def _run_stage(self, plan: StagePlan, state: TrainState, optimizer_values: list | None) -> None:
