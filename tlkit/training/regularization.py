@@ -25,7 +25,8 @@ def copies_weights(channels: int, outputs: int) -> int:
 
 @dataclass(frozen=True)
 class L2Choice:
-    """The chosen strength and the evidence: held-out accuracy and cross-entropy per candidate."""
+    """The chosen strength and the evidence: held-out accuracy and cross-entropy per candidate (each image
+    weighted by its class weight)."""
 
     c: float
     folds: int
@@ -83,7 +84,7 @@ def choose_l2(features: np.ndarray, labels: np.ndarray, classes: int, *, sigmoid
     batches = np.concatenate([rng.permutation(len(labels)) for _ in range(passes)])[:steps * batch_size]
     images_per_fold = np.bincount(fold, minlength=folds)
     penalty = 1 / (2 * np.array(STRENGTHS)[None, :] * (len(labels) - images_per_fold)[:, None])  # (folds, C)
-    weight = np.ones(classes) if class_weight is None else np.asarray(class_weight)
+    weight = np.ones(classes) if class_weight is None else np.asarray(class_weight, np.float64)
     features = np.asarray(features, np.float32)
     outputs = 1 if sigmoid else classes
     heads = folds * len(STRENGTHS) * outputs
@@ -95,9 +96,10 @@ def choose_l2(features: np.ndarray, labels: np.ndarray, classes: int, *, sigmoid
     kernel, bias = kernel.numpy(), bias.numpy()
     logits = (features @ kernel + bias).reshape(len(labels), folds, len(STRENGTHS), outputs)
     own = np.arange(len(labels)), fold  # each image scored by the heads of the fold that held it out
-    loss = _cross_entropy(logits[own], labels).mean(axis=0)
+    share = weight[labels] / weight[labels].sum()  # the held-out figures weigh classes as training does
+    loss = share @ _cross_entropy(logits[own], labels)
     predicted = logits[own][..., 0] > 0 if sigmoid else logits[own].argmax(axis=-1)
-    accuracy = (predicted == labels[:, None]).mean(axis=0)
+    accuracy = np.round(share @ (predicted == labels[:, None]), 12)  # equal counts tie exactly, for pick
     best = pick(accuracy, loss)
     return L2Choice(STRENGTHS[best], folds, len(labels), steps, dict(zip(STRENGTHS, accuracy.tolist())),
                     dict(zip(STRENGTHS, loss.tolist())), time.perf_counter() - started)
