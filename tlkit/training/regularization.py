@@ -95,10 +95,10 @@ def choose_l2(features: np.ndarray, labels: np.ndarray, classes: int, *, sigmoid
            tf.constant(weight, tf.float32), outputs=outputs, dropout=dropout, learning_rate=learning_rate, seed=seed)
     kernel, bias = kernel.numpy(), bias.numpy()
     logits = (features @ kernel + bias).reshape(len(labels), folds, len(STRENGTHS), outputs)
-    own = np.arange(len(labels)), fold  # each image scored by the heads of the fold that held it out
+    heldout = logits[np.arange(len(labels)), fold]  # each image scored by the heads of the fold that held it out
     share = weight[labels] / weight[labels].sum()  # the held-out figures weigh classes as training does
-    loss = share @ _cross_entropy(logits[own], labels)
-    predicted = logits[own][..., 0] > 0 if sigmoid else logits[own].argmax(axis=-1)
+    loss = share @ _cross_entropy(heldout, labels)
+    predicted = heldout[..., 0] > 0 if sigmoid else heldout.argmax(axis=-1)
     accuracy = np.round(share @ (predicted == labels[:, None]), 12)  # equal counts tie exactly, for pick
     best = pick(accuracy, loss)
     return L2Choice(STRENGTHS[best], folds, len(labels), steps, dict(zip(STRENGTHS, accuracy.tolist())),
